@@ -1,0 +1,23 @@
+"""chancy-core: a distributed job queue for Python built on PostgreSQL."""
+
+from chancy_core.app import Chancy
+from chancy_core.errors import ChancyError
+from chancy_core.hookspecs import hookimpl
+from chancy_core.job import ErrorT, IsAJob, Job, Limit, QueuedJob, Reference, job
+from chancy_core.queue import Queue
+from chancy_core.worker import Worker
+
+__all__ = [
+    "Chancy",
+    "ChancyError",
+    "ErrorT",
+    "IsAJob",
+    "Job",
+    "Limit",
+    "Queue",
+    "QueuedJob",
+    "Reference",
+    "Worker",
+    "hookimpl",
+    "job",
+]

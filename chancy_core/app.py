@@ -1,0 +1,777 @@
+"""The application: DSN, connection pools, plugins, and every call that
+reads or writes jobs and queues.
+
+Each database operation is written once, as a generator that yields
+``(statement, params)`` and receives the rows; the async API and the sync
+twins (``sync_*``) differ only in the connection that runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, Self
+
+import anyio
+import pluggy
+import psycopg
+import psycopg.conninfo
+import psycopg.errors
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from chancy_core import sql as q
+from chancy_core.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    InvalidJobError,
+    JobNotFoundError,
+    SchemaMissingError,
+)
+from chancy_core.job import IsAJob, Job, Limit, QueuedJob, Reference, check_queue_name
+from chancy_core.migrations import MigrationSet, apply, load_migrations
+from chancy_core.plugins import build_plugin_manager, implemented
+from chancy_core.queue import Queue
+
+__all__ = ["DSN_ENV", "Chancy", "mask_dsn"]
+
+log = logging.getLogger(__name__)
+
+DSN_ENV = "CHANCY_DSN"
+FINAL_STATES = frozenset({QueuedJob.State.SUCCEEDED, QueuedJob.State.FAILED})
+
+Rows = list[tuple[Any, ...]]
+Step = tuple[bytes, dict[str, Any]]
+Operation = Generator[Step, Rows, Any]
+AnyExecutor = (
+    psycopg.AsyncConnection[Any]
+    | psycopg.AsyncCursor[Any]
+    | psycopg.Connection[Any]
+    | psycopg.Cursor[Any]
+)
+
+_SECRET = re.compile(
+    r"(://[^:/@?#]*:)([^@/?#]*)(@)|((?:password|passwd)\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
+    re.IGNORECASE,
+)
+
+
+def mask_dsn(dsn: str) -> str:
+    """Return ``dsn`` with any password replaced by ``***``."""
+
+    def hide(match: re.Match[str]) -> str:
+        if match[1] is not None:
+            return f"{match[1]}***{match[3]}"
+        return f"{match[4]}***"
+
+    return _SECRET.sub(hide, dsn)
+
+
+_last_ms = 0
+_seq = 0
+_uuid_lock = threading.Lock()
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (version 7), increasing within this process."""
+    global _last_ms, _seq
+    with _uuid_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms, _seq = ms, 0
+        else:
+            _seq += 1
+            if _seq > 0xFFF:
+                _last_ms, _seq = _last_ms + 1, 0
+        ms, seq = _last_ms, _seq
+    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    return uuid.UUID(int=(ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand)
+
+
+def _json(value: Any, what: str, job: Job) -> str:
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobError(
+            f"{what} of job {job.func} is not JSON-serializable ({exc}): pass only dicts,"
+            " lists, strings, numbers, booleans and None"
+        ) from None
+    if "\\u0000" in text:
+        raise InvalidJobError(
+            f"{what} of job {job.func} contains a NUL character, which PostgreSQL cannot store:"
+            " remove it or encode the value (e.g. base64)"
+        )
+    return text
+
+
+def _job_id(ref: Reference | str) -> uuid.UUID:
+    identifier = ref.identifier if isinstance(ref, Reference) else ref
+    try:
+        return uuid.UUID(identifier)
+    except (TypeError, ValueError, AttributeError):
+        raise JobNotFoundError(
+            f"{identifier!r} is not a job reference: use the Reference that push() returned"
+        ) from None
+
+
+def job_from_row(row: Sequence[Any]) -> QueuedJob:
+    """Build a :class:`QueuedJob` from a row of ``sql.JOB_COLUMNS``."""
+    (
+        id_,
+        queue,
+        func,
+        kwargs,
+        meta,
+        priority,
+        max_attempts,
+        attempts,
+        state,
+        scheduled_at,
+        started_at,
+        completed_at,
+        limits,
+        unique_key,
+        errors,
+    ) = row
+    return QueuedJob(
+        id=str(id_),
+        queue=queue,
+        func=func,
+        kwargs=kwargs,
+        meta=meta,
+        priority=priority,
+        max_attempts=max_attempts,
+        attempts=attempts,
+        state=QueuedJob.State(state),
+        scheduled_at=scheduled_at,
+        started_at=started_at,
+        completed_at=completed_at,
+        limits=[Limit.deserialize(limit) for limit in limits],
+        unique_key=unique_key,
+        errors=errors,
+    )
+
+
+def queue_from_row(row: Sequence[Any]) -> Queue:
+    """Build a :class:`Queue` from a row of ``sql.QUEUE_COLUMNS``."""
+    (name, concurrency, executor, options, interval, rate_limit, window, tags, state) = row
+    return Queue(
+        name,
+        concurrency=concurrency,
+        executor=executor,
+        executor_options=options,
+        polling_interval=interval,
+        rate_limit=rate_limit,
+        rate_limit_window=window,
+        tags=frozenset(tags),
+        state=Queue.State(state),
+    )
+
+
+class Chancy:
+    """A chancy application: where jobs are pushed, read and administered.
+
+    ``dsn`` is resolved in this order: the argument, ``$CHANCY_DSN``, else an
+    embedded PostgreSQL (see :mod:`chancy_core.embedded`). Use it as an async
+    or a sync context manager to open and close its connection pool::
+
+        async with Chancy("postgresql://localhost/app") as chancy:
+            await chancy.migrate()
+            ref = await chancy.push(my_job)
+
+    Several apps with different ``prefix`` share one database without
+    colliding. ``plugins`` are plugin instances; installed plugins are also
+    discovered (see :mod:`chancy_core.plugins`).
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        plugins: Sequence[object] | None = None,
+        prefix: str = "chancy_",
+        autoload_plugins: bool | None = None,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.schema = q.Schema(prefix)
+        if dsn is not None:
+            self._check_dsn(dsn)
+        if not 1 <= min_connections <= max_connections:
+            raise ConfigurationError(
+                "need 1 <= min_connections <= max_connections, got"
+                f" {min_connections} and {max_connections}"
+            )
+        self._dsn = dsn
+        self.min_connections = min_connections
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.plugins: pluggy.PluginManager = build_plugin_manager(
+            plugins, autoload=autoload_plugins
+        )
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._sync_pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._sync_lock = threading.Lock()
+
+    # --- connections ---------------------------------------------------------------------
+
+    @staticmethod
+    def _check_dsn(dsn: str) -> None:
+        if not isinstance(dsn, str):
+            raise ConfigurationError(f"the DSN must be a string, not {type(dsn).__name__}")
+        try:
+            psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(
+                f"malformed DSN {mask_dsn(dsn)!r} ({mask_dsn(str(exc))}): use"
+                " 'postgresql://user:password@host:5432/dbname' or 'host=... dbname=...'"
+            ) from None
+
+    @property
+    def dsn(self) -> str:
+        """The resolved DSN (starting the embedded server if that is the default)."""
+        if self._dsn is None:
+            env = os.environ.get(DSN_ENV)
+            if env:
+                self._check_dsn(env)
+                self._dsn = env
+            else:
+                from chancy_core.embedded import embedded_dsn
+
+                self._dsn = embedded_dsn()
+        return self._dsn
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {"autocommit": True, "connect_timeout": max(1, int(self.connect_timeout))}
+
+    def _unavailable(self, exc: Exception) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"cannot connect to {mask_dsn(self.dsn)!r}: {str(exc).strip()}. Check that"
+            " PostgreSQL is running and that the DSN (or CHANCY_DSN) is right"
+        )
+
+    async def connect(self) -> psycopg.AsyncConnection[Any]:
+        """Open a dedicated connection (autocommit), outside the pool."""
+        dsn = await anyio.to_thread.run_sync(lambda: self.dsn)
+        try:
+            return await psycopg.AsyncConnection.connect(dsn, **self._connect_kwargs())
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+
+    def sync_connect(self) -> psycopg.Connection[Any]:
+        """Open a dedicated sync connection (autocommit), outside the pool."""
+        try:
+            return psycopg.Connection.connect(self.dsn, **self._connect_kwargs())
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+
+    async def open(self) -> None:
+        """Open the async connection pool (done by ``async with``)."""
+        if self._pool is not None:
+            return
+        probe = await self.connect()  # a clear error now rather than a pool timeout later
+        await probe.close()
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            self.dsn,
+            min_size=self.min_connections,
+            max_size=self.max_connections,
+            kwargs=self._connect_kwargs(),
+            open=False,
+            timeout=self.connect_timeout,
+            name=f"chancy:{self.schema.prefix}",
+        )
+        await pool.open(wait=True, timeout=self.connect_timeout)
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pools."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+        if self._sync_pool is not None:
+            await anyio.to_thread.run_sync(self.sync_close)
+
+    def sync_open(self) -> None:
+        """Open the sync connection pool (done by ``with`` and by the first ``sync_*`` call)."""
+        with self._sync_lock:
+            if self._sync_pool is not None:
+                return
+            self.sync_connect().close()
+            pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                self.dsn,
+                min_size=self.min_connections,
+                max_size=self.max_connections,
+                kwargs=self._connect_kwargs(),
+                open=False,
+                timeout=self.connect_timeout,
+                name=f"chancy-sync:{self.schema.prefix}",
+            )
+            pool.open(wait=True, timeout=self.connect_timeout)
+            self._sync_pool = pool
+
+    def sync_close(self) -> None:
+        """Close the sync pool."""
+        with self._sync_lock:
+            if self._sync_pool is not None:
+                pool, self._sync_pool = self._sync_pool, None
+                pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __enter__(self) -> Self:
+        self.sync_open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sync_close()
+
+    @property
+    def pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        """The async pool; raises if the app was not opened."""
+        if self._pool is None:
+            raise ConfigurationError(
+                "the app is not open: use `async with Chancy(...) as chancy:` or"
+                " `await chancy.open()` first"
+            )
+        return self._pool
+
+    def _sync_pool_opened(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        if self._sync_pool is None:
+            self.sync_open()
+        assert self._sync_pool is not None
+        return self._sync_pool
+
+    # --- running operations --------------------------------------------------------------
+
+    def _translate(self, exc: psycopg.Error) -> Exception:
+        if isinstance(exc, psycopg.errors.UndefinedTable):
+            return SchemaMissingError(
+                f"the tables of prefix {self.schema.prefix!r} do not exist: run"
+                " `await chancy.migrate()` or `chancy migrate` first"
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            return self._unavailable(exc)
+        return exc
+
+    async def _run(self, target: AnyExecutor, op: Operation) -> Any:
+        try:
+            step = next(op)
+            while True:
+                cur = await target.execute(*step)  # type: ignore[misc]
+                rows = await cur.fetchall() if cur.description else []
+                step = op.send(rows)
+        except StopIteration as done:
+            return done.value
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    def _run_sync(self, target: AnyExecutor, op: Operation) -> Any:
+        try:
+            step = next(op)
+            while True:
+                cur = target.execute(*step)
+                rows = cur.fetchall() if cur.description else []  # type: ignore[union-attr]
+                step = op.send(rows)
+        except StopIteration as done:
+            return done.value
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def execute(self, op: Operation, *, transaction: bool = False) -> Any:
+        """Run an operation on a pooled connection (in one transaction if asked)."""
+        try:
+            async with self.pool.connection() as conn:
+                if not transaction:
+                    return await self._run(conn, op)
+                async with conn.transaction():
+                    return await self._run(conn, op)
+        except psycopg.OperationalError as exc:
+            raise self._translate(exc) from exc
+
+    def sync_execute(self, op: Operation, *, transaction: bool = False) -> Any:
+        """Run an operation on a pooled sync connection (in one transaction if asked)."""
+        try:
+            with self._sync_pool_opened().connection() as conn:
+                if not transaction:
+                    return self._run_sync(conn, op)
+                with conn.transaction():
+                    return self._run_sync(conn, op)
+        except psycopg.OperationalError as exc:
+            raise self._translate(exc) from exc
+
+    # --- migrations ----------------------------------------------------------------------
+
+    def migration_sets(self) -> list[MigrationSet]:
+        """The core's migrations, then each plugin's, in registration order."""
+        sets = [load_migrations("core", "chancy_core.migrations.core")]
+        sets += [s for s in reversed(self.plugins.hook.chancy_migrations(app=self)) if s]
+        return sets
+
+    async def migrate(self) -> list[str]:
+        """Apply every pending migration (core and plugins); return the ones applied.
+
+        Idempotent, and safe when several processes call it at once.
+        """
+        conn = await self.connect()
+        async with conn:
+            return await apply(conn, self.schema, self.migration_sets())
+
+    # --- pushing -------------------------------------------------------------------------
+
+    def _as_jobs(self, jobs: Iterable[Job | IsAJob[..., Any]]) -> list[Job]:
+        result: list[Job] = []
+        for item in jobs:
+            found = item if isinstance(item, Job) else getattr(item, "job", None)
+            if not isinstance(found, Job):
+                raise InvalidJobError(
+                    f"cannot push {item!r}: push a Job, or a function decorated with @job"
+                )
+            result.append(found)
+        if result and implemented(self.plugins.hook.chancy_before_push):
+            self.plugins.hook.chancy_before_push(app=self, jobs=result)
+        return result
+
+    def _push_op(self, jobs: list[Job]) -> Operation:
+        ids = [uuid7() for _ in jobs]
+        params: dict[str, Any] = {
+            "ids": ids,
+            "queues": [j.queue for j in jobs],
+            "funcs": [j.func for j in jobs],
+            "kwargs": [_json(j.kwargs, "kwargs", j) for j in jobs],
+            "metas": [_json(j.meta, "meta", j) for j in jobs],
+            "priorities": [j.priority for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "scheduled_at": [j.scheduled_at for j in jobs],
+            "limits": [
+                json.dumps([limit.serialize() for limit in j.limits]) if j.limits else "[]"
+                for j in jobs
+            ],
+            "unique_keys": [j.unique_key for j in jobs],
+            "channel": self.schema.channel,
+        }
+        refs = [Reference(str(i)) for i in ids]
+        positions = list(range(len(jobs)))  # where each row of params stands in `jobs`
+        for _ in range(5):
+            inserted = {row[0] for row in (yield self.schema.render(q.INSERT_JOBS), params)}
+            conflicts = [n for n, i in enumerate(params["ids"]) if i not in inserted]
+            if not conflicts:
+                return refs
+            keys = [params["unique_keys"][n] for n in conflicts]
+            holders = dict((yield self.schema.render(q.SELECT_UNIQUE), {"keys": keys}))
+            again = []
+            for n, key in zip(conflicts, keys, strict=True):
+                if key in holders:
+                    refs[positions[n]] = Reference(str(holders[key]))
+                else:  # the job holding the key finished meanwhile: insert this one again
+                    again.append(n)
+            if not again:
+                return refs
+            params = {
+                k: [v[n] for n in again] if isinstance(v, list) else v for k, v in params.items()
+            }
+            positions = [positions[n] for n in again]
+            params["ids"] = [uuid7() for _ in again]
+            for n, new_id in zip(positions, params["ids"], strict=True):
+                refs[n] = Reference(str(new_id))
+        raise InvalidJobError("unique keys kept conflicting while pushing; try again")
+
+    async def push(self, job: Job | IsAJob[..., Any]) -> Reference:
+        """Push one job; return its reference (or the existing job's, for a duplicate
+        ``unique_key``)."""
+        return (await self.push_many([job]))[0]
+
+    async def push_many(
+        self, jobs: Iterable[Job | IsAJob[..., Any]], *, batch_size: int = 1000
+    ) -> list[Reference]:
+        """Push many jobs in one transaction, one statement per ``batch_size`` jobs."""
+        batches = self._batches(self._as_jobs(jobs), batch_size)
+        async with self.pool.connection() as conn, conn.transaction():
+            refs: list[Reference] = []
+            for batch in batches:
+                refs += await self._run(conn, self._push_op(batch))
+            return refs
+
+    async def push_many_ex(
+        self,
+        target: psycopg.AsyncConnection[Any] | psycopg.AsyncCursor[Any],
+        jobs: Iterable[Job | IsAJob[..., Any]],
+        *,
+        batch_size: int = 1000,
+    ) -> list[Reference]:
+        """Push jobs inside the caller's transaction (on its connection or cursor):
+        a rollback leaves none of them behind."""
+        refs: list[Reference] = []
+        for batch in self._batches(self._as_jobs(jobs), batch_size):
+            refs += await self._run(target, self._push_op(batch))
+        return refs
+
+    def sync_push(self, job: Job | IsAJob[..., Any]) -> Reference:
+        """Sync twin of :meth:`push`."""
+        return self.sync_push_many([job])[0]
+
+    def sync_push_many(
+        self, jobs: Iterable[Job | IsAJob[..., Any]], *, batch_size: int = 1000
+    ) -> list[Reference]:
+        """Sync twin of :meth:`push_many`."""
+        batches = self._batches(self._as_jobs(jobs), batch_size)
+        with self._sync_pool_opened().connection() as conn, conn.transaction():
+            refs: list[Reference] = []
+            for batch in batches:
+                refs += self._run_sync(conn, self._push_op(batch))
+            return refs
+
+    def sync_push_many_ex(
+        self,
+        target: psycopg.Connection[Any] | psycopg.Cursor[Any],
+        jobs: Iterable[Job | IsAJob[..., Any]],
+        *,
+        batch_size: int = 1000,
+    ) -> list[Reference]:
+        """Sync twin of :meth:`push_many_ex` (e.g. inside a Django or Flask transaction)."""
+        refs: list[Reference] = []
+        for batch in self._batches(self._as_jobs(jobs), batch_size):
+            refs += self._run_sync(target, self._push_op(batch))
+        return refs
+
+    @staticmethod
+    def _batches(jobs: list[Job], size: int) -> list[list[Job]]:
+        if not isinstance(size, int) or size < 1:
+            raise ConfigurationError(f"batch_size must be a positive integer, not {size!r}")
+        return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+    # --- reading and cancelling ----------------------------------------------------------
+
+    def _get_op(self, refs: Sequence[Reference | str]) -> Operation:
+        ids = [_job_id(ref) for ref in refs]
+        rows = yield self.schema.render(q.SELECT_JOBS), {"ids": ids}
+        by_id = {str(row[0]): job_from_row(row) for row in rows}
+        return [by_id.get(str(i)) for i in ids]
+
+    async def get_job(self, ref: Reference | str) -> QueuedJob | None:
+        """The job's current state, or ``None`` if it does not exist."""
+        found: list[QueuedJob | None] = await self.execute(self._get_op([ref]))
+        return found[0]
+
+    async def get_jobs(self, refs: Sequence[Reference | str]) -> list[QueuedJob | None]:
+        """Many jobs in one query, in the order of ``refs`` (``None`` where missing)."""
+        found: list[QueuedJob | None] = await self.execute(self._get_op(refs))
+        return found
+
+    def sync_get_job(self, ref: Reference | str) -> QueuedJob | None:
+        """Sync twin of :meth:`get_job`."""
+        found: list[QueuedJob | None] = self.sync_execute(self._get_op([ref]))
+        return found[0]
+
+    def _cancel_op(self, refs: Sequence[Reference | str]) -> Operation:
+        ids = [_job_id(ref) for ref in refs]
+        params = {"ids": ids, "channel": self.schema.channel}
+        rows = yield self.schema.render(q.CANCEL_JOBS), params
+        return int(rows[0][0]) + int(rows[0][1]) if rows else 0
+
+    async def cancel_job(self, ref: Reference | str) -> bool:
+        """Cancel a job.
+
+        A pending or retrying job fails at once and never starts; a running job
+        is stopped by its worker (as a time limit would stop it) and fails. Both
+        get an error entry saying they were cancelled, and are not retried. A
+        job that already finished is left as it is. Returns whether anything was
+        cancelled.
+        """
+        count: int = await self.execute(self._cancel_op([ref]), transaction=True)
+        return count > 0
+
+    # --- waiting -------------------------------------------------------------------------
+
+    async def wait_for_job(
+        self, ref: Reference | str, *, timeout: float | None = None, interval: float = 1.0
+    ) -> QueuedJob:
+        """Wait until the job succeeds or fails, and return it.
+
+        Woken by a notification when the job finishes, and checks every
+        ``interval`` seconds in case notifications are lost. Raises
+        :class:`TimeoutError` after ``timeout`` seconds, and
+        :class:`~chancy_core.errors.JobNotFoundError` if the job vanishes.
+        """
+        job_id = str(_job_id(ref))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self.connect()
+                        await conn.execute(listen)
+                    found = (await self._run(conn, self._get_op([job_id])))[0]
+                except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
+                    log.warning("wait_for_job: database unavailable (%s); retrying", exc)
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+                    found = None
+                    await anyio.sleep(min(interval, 1.0))
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"job {job_id} did not finish within {timeout}s"
+                        ) from exc
+                    continue
+                if found is None:
+                    raise JobNotFoundError(f"job {job_id} does not exist (pruned or never pushed)")
+                if found.state in FINAL_STATES:
+                    return found
+                wait = interval
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise TimeoutError(
+                            f"job {job_id} did not finish within {timeout}s (it is"
+                            f" {found.state.value})"
+                        )
+                try:
+                    async for note in conn.notifies(timeout=wait):
+                        if job_id in note.payload:
+                            break
+                except psycopg.OperationalError:
+                    await conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    def sync_wait_for_job(
+        self, ref: Reference | str, *, timeout: float | None = None, interval: float = 1.0
+    ) -> QueuedJob:
+        """Sync twin of :meth:`wait_for_job`."""
+        job_id = str(_job_id(ref))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
+        with self.sync_connect() as conn:
+            conn.execute(listen)
+            while True:
+                found = self._run_sync(conn, self._get_op([job_id]))[0]
+                if found is None:
+                    raise JobNotFoundError(f"job {job_id} does not exist (pruned or never pushed)")
+                if found.state in FINAL_STATES:
+                    return found  # type: ignore[no-any-return]
+                wait = interval
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise TimeoutError(
+                            f"job {job_id} did not finish within {timeout}s (it is"
+                            f" {found.state.value})"
+                        )
+                for note in conn.notifies(timeout=wait):
+                    if job_id in note.payload:
+                        break
+
+    # --- queues --------------------------------------------------------------------------
+
+    def _declare_op(self, queue: Queue) -> Operation:
+        if not isinstance(queue, Queue):
+            raise ConfigurationError(f"declare() takes a Queue, not {type(queue).__name__}")
+        yield (
+            self.schema.render(q.UPSERT_QUEUE),
+            {
+                "name": queue.name,
+                "concurrency": queue.concurrency,
+                "executor": queue.executor,
+                "executor_options": psycopg.types.json.Jsonb(queue.executor_options),
+                "polling_interval": float(queue.polling_interval),
+                "rate_limit": queue.rate_limit,
+                "rate_limit_window": queue.rate_limit_window,
+                "tags": sorted(queue.tags),
+                "state": queue.state.value,
+                "channel": self.schema.channel,
+            },
+        )
+        return queue
+
+    async def declare(self, queue: Queue) -> Queue:
+        """Create the queue, or update it if it exists; running workers pick up the change."""
+        declared: Queue = await self.execute(self._declare_op(queue))
+        return declared
+
+    def sync_declare(self, queue: Queue) -> Queue:
+        """Sync twin of :meth:`declare`."""
+        declared: Queue = self.sync_execute(self._declare_op(queue))
+        return declared
+
+    async def get_queue(self, name: str) -> Queue | None:
+        """The declared queue named ``name``, or ``None``."""
+
+        def op() -> Operation:
+            rows = yield self.schema.render(q.SELECT_QUEUE), {"name": name}
+            return queue_from_row(rows[0]) if rows else None
+
+        found: Queue | None = await self.execute(op())
+        return found
+
+    async def get_all_queues(self) -> list[Queue]:
+        """Every declared queue, by name."""
+
+        def op() -> Operation:
+            rows = yield self.schema.render(q.SELECT_QUEUES), {}
+            return [queue_from_row(row) for row in rows]
+
+        found: list[Queue] = await self.execute(op())
+        return found
+
+    async def delete_queue(self, name: str) -> bool:
+        """Delete a queue's declaration (its jobs stay); returns whether it existed."""
+        return await self._queue_change(q.DELETE_QUEUE, name, None)
+
+    async def pause_queue(self, name: str) -> bool:
+        """Stop workers from starting the queue's jobs; returns whether the queue exists."""
+        return await self._queue_change(q.SET_QUEUE_STATE, name, Queue.State.PAUSED)
+
+    async def resume_queue(self, name: str) -> bool:
+        """Let workers start the queue's jobs again; returns whether the queue exists."""
+        return await self._queue_change(q.SET_QUEUE_STATE, name, Queue.State.ACTIVE)
+
+    async def _queue_change(self, statement: Any, name: str, state: Queue.State | None) -> bool:
+        check_queue_name(name, ConfigurationError)
+
+        def op() -> Operation:
+            rows = yield (
+                self.schema.render(statement),
+                {
+                    "name": name,
+                    "state": state.value if state else None,
+                    "channel": self.schema.channel,
+                },
+            )
+            return bool(rows)
+
+        changed: bool = await self.execute(op())
+        return changed
+
+    async def notify(self, payload: dict[str, Any]) -> None:
+        """Send an event on the app's channel (workers and waiters listen to it)."""
+
+        def op() -> Operation:
+            yield (
+                self.schema.render(q.NOTIFY),
+                {
+                    "channel": self.schema.channel,
+                    "payload": json.dumps(payload),
+                },
+            )
+
+        await self.execute(op())
+
+    def __repr__(self) -> str:
+        shown = mask_dsn(self._dsn) if self._dsn else "(unresolved)"
+        return f"Chancy({shown!r}, prefix={self.schema.prefix!r})"

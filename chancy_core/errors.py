@@ -1,0 +1,68 @@
+"""The exceptions chancy-core raises.
+
+Every exception derives from :class:`ChancyError`. Each class's docstring is
+its default message, and each message says what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChancyError",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "InvalidJobError",
+    "InvalidQueueError",
+    "JobNotAllowedError",
+    "JobNotFoundError",
+    "MigrationError",
+    "PluginError",
+    "SchemaMissingError",
+    "WorkerError",
+]
+
+
+class ChancyError(Exception):
+    """Something went wrong in chancy-core."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(ChancyError, ValueError):
+    """The configuration is invalid: check the arguments given to Chancy or Worker."""
+
+
+class DatabaseUnavailableError(ChancyError, ConnectionError):
+    """The database could not be reached: check the DSN and that PostgreSQL is running."""
+
+
+class SchemaMissingError(ChancyError):
+    """The chancy tables do not exist yet: run `await chancy.migrate()` or `chancy migrate`."""
+
+
+class MigrationError(ChancyError):
+    """A migration could not be applied; nothing of it was kept."""
+
+
+class InvalidJobError(ChancyError, ValueError):
+    """The job is invalid: fix the field named in the message before pushing it."""
+
+
+class InvalidQueueError(ChancyError, ValueError):
+    """The queue is invalid: fix the field named in the message before declaring it."""
+
+
+class JobNotFoundError(ChancyError, LookupError):
+    """The job does not exist (it may have been pruned or never pushed)."""
+
+
+class JobNotAllowedError(ChancyError):
+    """This worker is not allowed to run that function: add its module to the allow-list."""
+
+
+class PluginError(ChancyError):
+    """A plugin could not be loaded or registered."""
+
+
+class WorkerError(ChancyError):
+    """The worker could not do what was asked."""

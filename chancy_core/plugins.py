@@ -1,0 +1,147 @@
+"""The plugin manager: one per :class:`~chancy_core.app.Chancy`, no globals.
+
+Build order: the hook specifications, the core's defaults (``trylast``
+fallbacks), plugins discovered through the ``chancy`` entry-point group
+(unless ``autoload_plugins=False`` or ``CHANCY_DISABLE_PLUGIN_AUTOLOAD=1``),
+then the plugins passed explicitly. An explicit plugin replaces a discovered
+one of the same name; a name is never registered twice. Finally
+``check_pending()`` makes a misspelled hook fail at start-up.
+
+A plugin is any object (or module) with ``@hookimpl`` methods; its name is
+its ``name`` attribute, else its class name in lowercase. An entry point may
+name a class (instantiated without arguments) or an instance.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from chancy_core import hookspecs
+from chancy_core.errors import PluginError
+from chancy_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from chancy_core.job import QueuedJob
+    from chancy_core.worker import Worker
+
+__all__ = ["ENTRY_POINT_GROUP", "build_plugin_manager", "call_event", "plugin_name"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "chancy"
+AUTOLOAD_ENV = "CHANCY_DISABLE_PLUGIN_AUTOLOAD"
+
+
+class CoreDefaults:
+    """The core's fallbacks for decision hooks; any plugin overrides them."""
+
+    name = "chancy-core"
+
+    @hookimpl(trylast=True)
+    def chancy_elects_leader(self, worker: Worker) -> bool:
+        return False
+
+    @hookimpl(trylast=True)
+    def chancy_retry_decision(
+        self, worker: Worker, job: QueuedJob, error: BaseException
+    ) -> datetime | bool:
+        from chancy_core.executors import JobCancelled
+
+        if isinstance(error, JobCancelled) or job.attempts >= job.max_attempts:
+            return False
+        return datetime.now(UTC)
+
+
+def plugin_name(plugin: object) -> str:
+    """The name a plugin is registered under."""
+    name = getattr(plugin, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    if inspect.ismodule(plugin):
+        return plugin.__name__
+    return type(plugin).__name__.lower()
+
+
+def build_plugin_manager(
+    plugins: Sequence[object] | None, *, autoload: bool | None = None
+) -> pluggy.PluginManager:
+    """Build the plugin manager of one app (see the module docstring for the order)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(CoreDefaults(), name=CoreDefaults.name)
+    explicit: dict[str, object] = {}
+    for plugin in plugins or ():
+        if inspect.isclass(plugin):
+            raise PluginError(
+                f"plugins=[...] takes plugin instances, not the class {plugin.__name__}:"
+                f" write {plugin.__name__}()"
+            )
+        name = plugin_name(plugin)
+        if name in explicit:
+            raise PluginError(f"plugin {name!r} was given twice in plugins=[...]: give it once")
+        explicit[name] = plugin
+    if autoload is None:
+        autoload = os.environ.get(AUTOLOAD_ENV, "") not in ("1", "true", "yes")
+    if autoload:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in explicit or pm.has_plugin(ep.name):
+                continue
+            try:
+                loaded = ep.load()
+                pm.register(loaded() if inspect.isclass(loaded) else loaded, name=ep.name)
+            except Exception as exc:
+                raise PluginError(
+                    f"the plugin {ep.name!r} ({ep.value}) could not be loaded: {exc}. Fix or"
+                    f" uninstall it, or set {AUTOLOAD_ENV}=1 to skip discovery"
+                ) from exc
+    for name, plugin in explicit.items():
+        if pm.has_plugin(name):
+            pm.unregister(name=name)
+        try:
+            pm.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginError(f"plugin {name!r} could not be registered: {exc}") from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
+    return pm
+
+
+def implemented(hook: pluggy.HookCaller) -> bool:
+    """Whether any plugin implements ``hook`` (so the worker can skip calling it)."""
+    return bool(hook.get_hookimpls())
+
+
+async def call_event(hook: pluggy.HookCaller, **kwargs: Any) -> None:
+    """Call every implementation of an event hook, awaiting ``async def`` ones.
+
+    An implementation that raises is logged and skipped; the others still run.
+    """
+    for impl in hook.get_hookimpls():
+        try:
+            result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception(
+                "plugin %s failed in %s; carrying on",
+                impl.plugin_name,
+                hook.name,
+                extra={"plugin": impl.plugin_name, "hook": hook.name},
+            )
+
+
+def registered(pm: pluggy.PluginManager) -> Iterable[tuple[str, object]]:
+    """The registered plugins other than the core's defaults, by name."""
+    for name, plugin in pm.list_name_plugin():
+        if name != CoreDefaults.name:
+            yield name, plugin

@@ -1,0 +1,269 @@
+"""All of the core's SQL, in one place.
+
+Statements are written with ``{name}`` placeholders for every table, index and
+channel; :class:`Schema` renders them once per table prefix, composing each
+name with :class:`psycopg.sql.Identifier` (so ``{jobs}`` becomes
+``"chancy_jobs"``). Values are always passed as parameters. Literal braces are
+doubled (``'{{}}'`` is the JSON object ``'{}'``).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import LiteralString
+
+from psycopg import sql
+
+from chancy_core.errors import ConfigurationError
+
+__all__ = ["Schema"]
+
+_PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z_][a-z0-9_]*)\}(?!\})")
+_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,29}$")
+
+
+class Schema:
+    """The names and rendered statements of one table prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+            raise ConfigurationError(
+                f"invalid table prefix {prefix!r}: use 1-30 lowercase letters, digits and"
+                " underscores, starting with a letter or underscore (e.g. 'chancy_')"
+            )
+        self.prefix = prefix
+        self.channel = f"{prefix}events"
+        """The notification channel every event of this prefix is sent on."""
+
+    def name(self, name: str) -> str:
+        """The full (prefixed) name of a table, index or channel."""
+        return self.prefix + name
+
+    def render(self, template: LiteralString) -> bytes:
+        """Render a template, prefixing and quoting every ``{name}``."""
+        return _render(self.prefix, template)
+
+    def compose(self, template: LiteralString) -> sql.Composed:
+        """Compose a template as :class:`psycopg.sql.Composed` (for statements run rarely)."""
+        names = set(_PLACEHOLDER.findall(template))
+        return sql.SQL(template).format(**{n: sql.Identifier(self.prefix + n) for n in names})
+
+
+@cache
+def _render(prefix: str, template: LiteralString) -> bytes:
+    names = set(_PLACEHOLDER.findall(template))
+    composed = sql.SQL(template).format(**{n: sql.Identifier(prefix + n) for n in names})
+    return composed.as_bytes(None)
+
+
+JOB_COLUMNS: LiteralString = (
+    "id, queue, func, kwargs, meta, priority, max_attempts, attempts, state, scheduled_at,"
+    " started_at, completed_at, limits, unique_key, errors"
+)
+
+# --- pushing -------------------------------------------------------------------------------
+
+INSERT_JOBS: LiteralString = """
+WITH ins AS (
+    INSERT INTO {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at,
+                        limits, unique_key)
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(queues)s::text[], %(funcs)s::text[], %(kwargs)s::jsonb[],
+        %(metas)s::jsonb[], %(priorities)s::int[], %(max_attempts)s::int[],
+        %(scheduled_at)s::timestamptz[], %(limits)s::jsonb[], %(unique_keys)s::text[])
+    ON CONFLICT (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running', 'retrying')
+        DO NOTHING
+    RETURNING id, queue
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, '{{"e":"pushed","q":' || to_json(queue)::text || '}}'))
+    FROM (SELECT DISTINCT queue FROM ins) AS queues
+)
+SELECT ins.id FROM ins, notified
+"""
+
+SELECT_UNIQUE: LiteralString = """
+SELECT unique_key, id FROM {jobs}
+WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('pending', 'running', 'retrying')
+"""
+
+# --- reading -------------------------------------------------------------------------------
+
+SELECT_JOBS: LiteralString = (
+    "SELECT " + JOB_COLUMNS + " FROM {jobs} WHERE id = ANY(%(ids)s::uuid[])"
+)
+
+CANCEL_JOBS: LiteralString = """
+WITH waiting AS (
+    UPDATE {jobs}
+    SET state = 'failed', completed_at = now(),
+        errors = errors || jsonb_build_array(jsonb_build_object(
+            'attempt', attempts, 'traceback', 'cancelled before it ran'))
+    WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('pending', 'retrying')
+    RETURNING id
+), running AS (
+    UPDATE {jobs} SET cancelled_at = now()
+    WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND cancelled_at IS NULL
+    RETURNING id
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, json_build_object('e', 'cancel', 'ids', ids)::text))
+    FROM (SELECT array_agg(id) AS ids FROM running HAVING count(*) > 0) AS r
+), finished AS (
+    SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
+    FROM (SELECT array_agg(id) AS ids FROM waiting HAVING count(*) > 0) AS w
+)
+SELECT (SELECT count(*) FROM waiting), (SELECT count(*) FROM running), notified.count,
+       finished.count
+FROM notified, finished
+"""
+
+# --- queues --------------------------------------------------------------------------------
+
+QUEUE_COLUMNS: LiteralString = (
+    "name, concurrency, executor, executor_options, polling_interval, rate_limit,"
+    " rate_limit_window, tags, state"
+)
+
+UPSERT_QUEUE: LiteralString = """
+WITH upserted AS (
+    INSERT INTO {queues} (name, concurrency, executor, executor_options, polling_interval,
+                          rate_limit, rate_limit_window, tags, state)
+    VALUES (%(name)s, %(concurrency)s, %(executor)s, %(executor_options)s, %(polling_interval)s,
+            %(rate_limit)s, %(rate_limit_window)s, %(tags)s, %(state)s)
+    ON CONFLICT (name) DO UPDATE SET
+        concurrency = EXCLUDED.concurrency, executor = EXCLUDED.executor,
+        executor_options = EXCLUDED.executor_options,
+        polling_interval = EXCLUDED.polling_interval, rate_limit = EXCLUDED.rate_limit,
+        rate_limit_window = EXCLUDED.rate_limit_window, tags = EXCLUDED.tags,
+        state = EXCLUDED.state, updated_at = now()
+    RETURNING name
+)
+SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM upserted
+"""
+
+SELECT_QUEUES: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} ORDER BY name"
+
+SELECT_QUEUE: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} WHERE name = %(name)s"
+
+DELETE_QUEUE: LiteralString = """
+WITH deleted AS (DELETE FROM {queues} WHERE name = %(name)s RETURNING name)
+SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM deleted
+"""
+
+SET_QUEUE_STATE: LiteralString = """
+WITH changed AS (
+    UPDATE {queues} SET state = %(state)s, updated_at = now() WHERE name = %(name)s
+    RETURNING name
+)
+SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM changed
+"""
+
+# --- workers -------------------------------------------------------------------------------
+
+UPSERT_WORKER: LiteralString = """
+INSERT INTO {workers} (worker_id, hostname, pid, tags, queues, last_seen)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(tags)s, %(queues)s, now())
+ON CONFLICT (worker_id) DO UPDATE SET
+    hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, tags = EXCLUDED.tags,
+    queues = EXCLUDED.queues, last_seen = now()
+"""
+
+DELETE_WORKER: LiteralString = "DELETE FROM {workers} WHERE worker_id = %(worker_id)s"
+
+# The ids of this worker's running jobs that someone asked to cancel.
+SELECT_CANCELLED: LiteralString = """
+SELECT id FROM {jobs}
+WHERE state = 'running' AND taken_by = %(worker_id)s AND cancelled_at IS NOT NULL
+"""
+
+# --- the hot path --------------------------------------------------------------------------
+
+CLAIM_JOBS: LiteralString = """
+UPDATE {jobs} AS j
+SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s
+FROM (
+    SELECT id FROM {jobs}
+    WHERE queue = %(queue)s AND state IN ('pending', 'retrying') AND scheduled_at <= now()
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS claimed
+WHERE j.id = claimed.id
+RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+
+# Take up to %(wanted)s tokens of a queue's rate limit for the current fixed window, on the
+# database's clock; returns how many were granted. Run in the claim's transaction: the row
+# lock makes concurrent workers take turns, so the limit holds across all of them.
+ENSURE_RATE_ROW: LiteralString = """
+INSERT INTO {queue_rates} (queue, window_start, used) VALUES (%(queue)s, now(), 0)
+ON CONFLICT (queue) DO NOTHING
+"""
+
+TAKE_RATE_TOKENS: LiteralString = """
+WITH current AS (
+    SELECT r.queue, w.start,
+           CASE WHEN r.window_start = w.start THEN r.used ELSE 0 END AS used
+    FROM {queue_rates} AS r,
+         (SELECT to_timestamp(floor(extract(epoch FROM now()) / %(window)s) * %(window)s)
+             AS start) AS w
+    WHERE r.queue = %(queue)s
+    FOR UPDATE OF r
+), granted AS (
+    SELECT queue, start, used, least(%(wanted)s, greatest(%(limit)s - used, 0)) AS n
+    FROM current
+)
+UPDATE {queue_rates} AS r
+SET window_start = g.start, used = g.used + g.n
+FROM granted AS g
+WHERE r.queue = g.queue
+RETURNING g.n
+"""
+
+# Give back tokens that were granted but found no job to claim.
+RETURN_RATE_TOKENS: LiteralString = """
+UPDATE {queue_rates} SET used = greatest(used - %(unused)s, 0) WHERE queue = %(queue)s
+"""
+
+# Write many outcomes at once. Fenced: only a job this worker still owns in
+# state 'running', at the attempt it ran, is changed.
+COMPLETE_JOBS: LiteralString = """
+WITH outcome AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[],
+                         %(errors)s::text[], %(scheduled_at)s::timestamptz[],
+                         %(metas)s::jsonb[])
+        AS o(id, attempt, state, error, scheduled_at, meta)
+), done AS (
+    UPDATE {jobs} AS j
+    SET state = o.state,
+        completed_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
+        errors = CASE WHEN o.error IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                          'attempt', j.attempts, 'traceback', o.error)) END,
+        scheduled_at = coalesce(o.scheduled_at, j.scheduled_at),
+        meta = coalesce(o.meta, j.meta),
+        taken_by = NULL,
+        cancelled_at = NULL
+    FROM outcome AS o
+    WHERE j.id = o.id AND j.state = 'running' AND j.taken_by = %(worker_id)s
+      AND j.attempts = o.attempt
+    RETURNING j.id, j.state
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
+    FROM (
+        SELECT array_agg(id) AS ids FROM done WHERE state IN ('succeeded', 'failed')
+        HAVING count(*) > 0
+    ) AS finished
+)
+SELECT done.id FROM done, notified
+"""
+
+# Put a worker's running jobs back to run again (graceful shutdown, lost jobs).
+RELEASE_JOBS: LiteralString = """
+UPDATE {jobs}
+SET state = 'pending', attempts = greatest(attempts - 1, 0), taken_by = NULL, started_at = NULL
+WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND taken_by = %(worker_id)s
+RETURNING id
+"""
+
+NOTIFY: LiteralString = "SELECT pg_notify(%(channel)s, %(payload)s)"

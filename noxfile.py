@@ -1,0 +1,85 @@
+"""Development sessions: `nox -l` lists them; `python3 dev.py test` runs the tagged test suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+PYTHON = "3.11"
+
+
+def plugin_path(name: str) -> str:
+    return str(ROOT / "plugins" / name)
+
+
+@nox.session(python=PYTHON, tags=["test"])
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON, tags=["test"])
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the core and every plugin."""
+    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_path(p)}" for p in PLUGINS])
+    session.run("mypy")
+    for plugin in PLUGINS:
+        session.run("mypy", "--config-file", "pyproject.toml", plugin_path(plugin))
+
+
+@nox.session(python=PYTHON, tags=["test"])
+def tests(session: nox.Session) -> None:
+    """The core's tests, with only the core installed (no plugins)."""
+    session.install("-e", ".[dev,embedded]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON, tags=["test"])
+@nox.parametrize("plugin", PLUGINS, ids=PLUGINS)
+def plugin(session: nox.Session, plugin: str) -> None:
+    """One plugin's tests with only the core and that plugin installed (entry points)."""
+    session.install("-e", ".[dev,embedded]", "-e", plugin_path(plugin))
+    session.run("pytest", f"{plugin_path(plugin)}/tests", "-p", "chancy_core.testing",
+                *session.posargs)
+
+
+@nox.session(python=PYTHON, tags=["test"])
+def plugins_together(session: nox.Session) -> None:
+    """Every plugin installed at once, all their tests."""
+    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_path(p)}" for p in PLUGINS])
+    session.run("pytest", *[f"{plugin_path(p)}/tests" for p in PLUGINS], "-p",
+                "chancy_core.testing", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Push jobs and run them with a worker on the embedded PostgreSQL."""
+    session.install("-e", ".[embedded]")
+    session.run("python", "examples/quickstart.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Side-by-side throughput and latency against peers (see benchmarks/README.md)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/run.py", *session.posargs,
+                env={"CHANCY_CORE_SOURCE": str(ROOT)})
+
+
+@nox.session(python=PYTHON)
+def embedded(session: nox.Session) -> None:
+    """The database tests once more, on the embedded server instead of CHANCY_TEST_DSN."""
+    session.install("-e", ".[dev,embedded]")
+    env = {k: v for k, v in os.environ.items() if k != "CHANCY_TEST_DSN"}
+    env["CHANCY_TEST_DSN"] = ""
+    session.run("pytest", "-m", "db", *session.posargs, env=env)

@@ -232,8 +232,8 @@ def chancy_register_commands(subparsers: Any) -> None:
     """Add sub-commands to the ``chancy`` command line.
 
     ``subparsers`` is an :mod:`argparse` sub-parsers object: call
-    ``subparsers.add_parser(...)`` and set ``func=`` on the new parser with
-    ``set_defaults(func=handler)``, where ``async def handler(app, args) -> int``
+    ``subparsers.add_parser(...)`` and set the handler on the new parser with
+    ``set_defaults(handler=handler)``, where ``async def handler(app, args) -> int``
     gets a connected :class:`Chancy` and returns the exit status.
 
     Sync only. Runs in the ``chancy`` command.

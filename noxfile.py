@@ -49,16 +49,22 @@ def tests(session: nox.Session) -> None:
 def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin's tests with only the core and that plugin installed (entry points)."""
     session.install("-e", ".[dev,embedded]", "-e", plugin_path(plugin))
-    session.run("pytest", f"{plugin_path(plugin)}/tests", "-p", "chancy_core.testing",
-                *session.posargs)
+    session.run(
+        "pytest", f"{plugin_path(plugin)}/tests", "-p", "chancy_core.testing", *session.posargs
+    )
 
 
 @nox.session(python=PYTHON, tags=["test"])
 def plugins_together(session: nox.Session) -> None:
     """Every plugin installed at once, all their tests."""
     session.install("-e", ".[dev,embedded]", *[f"-e{plugin_path(p)}" for p in PLUGINS])
-    session.run("pytest", *[f"{plugin_path(p)}/tests" for p in PLUGINS], "-p",
-                "chancy_core.testing", *session.posargs)
+    session.run(
+        "pytest",
+        *[f"{plugin_path(p)}/tests" for p in PLUGINS],
+        "-p",
+        "chancy_core.testing",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
@@ -72,8 +78,9 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Side-by-side throughput and latency against peers (see benchmarks/README.md)."""
     session.install("-e", ".")
-    session.run("python", "benchmarks/run.py", *session.posargs,
-                env={"CHANCY_CORE_SOURCE": str(ROOT)})
+    session.run(
+        "python", "benchmarks/run.py", *session.posargs, env={"CHANCY_CORE_SOURCE": str(ROOT)}
+    )
 
 
 @nox.session(python=PYTHON)

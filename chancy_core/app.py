@@ -24,6 +24,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from chancy_core import sql as q
@@ -469,7 +470,9 @@ class Chancy:
             if not conflicts:
                 return refs
             keys = [params["unique_keys"][n] for n in conflicts]
-            holders = dict((yield self.schema.render(q.SELECT_UNIQUE), {"keys": keys}))
+            holders: dict[str, Any] = dict(
+                (yield self.schema.render(q.SELECT_UNIQUE), {"keys": keys})
+            )
             again = []
             for n, key in zip(conflicts, keys, strict=True):
                 if key in holders:
@@ -614,7 +617,7 @@ class Chancy:
                     if conn is None or conn.closed:
                         conn = await self.connect()
                         await conn.execute(listen)
-                    found = (await self._run(conn, self._get_op([job_id])))[0]
+                    found: QueuedJob | None = (await self._run(conn, self._get_op([job_id])))[0]
                 except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
                     log.warning("wait_for_job: database unavailable (%s); retrying", exc)
                     if conn is not None:
@@ -660,11 +663,11 @@ class Chancy:
         with self.sync_connect() as conn:
             conn.execute(listen)
             while True:
-                found = self._run_sync(conn, self._get_op([job_id]))[0]
+                found: QueuedJob | None = self._run_sync(conn, self._get_op([job_id]))[0]
                 if found is None:
                     raise JobNotFoundError(f"job {job_id} does not exist (pruned or never pushed)")
                 if found.state in FINAL_STATES:
-                    return found  # type: ignore[no-any-return]
+                    return found
                 wait = interval
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
@@ -688,7 +691,7 @@ class Chancy:
                 "name": queue.name,
                 "concurrency": queue.concurrency,
                 "executor": queue.executor,
-                "executor_options": psycopg.types.json.Jsonb(queue.executor_options),
+                "executor_options": Jsonb(queue.executor_options),
                 "polling_interval": float(queue.polling_interval),
                 "rate_limit": queue.rate_limit,
                 "rate_limit_window": queue.rate_limit_window,

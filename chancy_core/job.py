@@ -136,7 +136,8 @@ class Job:
     def __post_init__(self) -> None:
         if not isinstance(self.func, str) or not _FUNC_NAME.match(self.func):
             raise InvalidJobError(
-                f"invalid func {self.func!r}: give an importable name such as 'my_module.my_function'"
+                f"invalid func {self.func!r}: give an importable name such as"
+                " 'my_module.my_function'"
             )
         check_queue_name(self.queue)
         if self.kwargs is not None and not isinstance(self.kwargs, dict):

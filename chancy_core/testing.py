@@ -30,7 +30,7 @@ import anyio
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from chancy_core.app import Chancy
 
@@ -41,7 +41,7 @@ TEST_DSN_ENV = "CHANCY_TEST_DSN"
 
 def dsn_for_database(dsn: str, dbname: str) -> str:
     """The same server as ``dsn``, another database."""
-    return make_conninfo(**{**conninfo_to_dict(dsn), "dbname": dbname})
+    return make_conninfo(dsn, dbname=dbname)
 
 
 def _admin(dsn: str) -> psycopg.Connection[Any]:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Self
 
 import anyio
@@ -50,8 +51,8 @@ from psycopg_pool import PoolTimeout
 from chancy_core import sql as q
 from chancy_core.app import Chancy, job_from_row, queue_from_row
 from chancy_core.errors import (
-    ChancyError,
     ConfigurationError,
+    DatabaseUnavailableError,
     JobNotAllowedError,
     SchemaMissingError,
     WorkerError,
@@ -73,7 +74,7 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 
 #: Errors that mean "the database is unreachable right now": retried with backoff.
-TRANSIENT = (psycopg.OperationalError, PoolTimeout, ChancyError, OSError)
+TRANSIENT = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailableError, OSError)
 _MAX_BACKOFF = 5.0
 
 
@@ -329,9 +330,6 @@ class Worker:
             try:
                 return await func()
             except TRANSIENT as exc:
-                if isinstance(exc, ChancyError) and not isinstance(exc, psycopg.Error):
-                    if "connect" not in str(exc):
-                        raise
                 log.warning(
                     "%s failed (%s); retrying in %.1fs",
                     what,
@@ -708,9 +706,7 @@ class Worker:
                 "channel": self._schema.channel,
             }
             statement = self._schema.render(q.COMPLETE_JOBS)
-            await self._retrying(
-                "writing outcomes", lambda s=statement, p=params: self._with_conn(s, p)
-            )
+            await self._retrying("writing outcomes", partial(self._with_conn, statement, params))
             del self._outcomes[: len(batch)]
         self._outcome_ready = anyio.Event()
 

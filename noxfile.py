@@ -67,6 +67,13 @@ def plugins_together(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=PYTHON, tags=["test"])
+def example_plugin(session: nox.Session) -> None:
+    """The example third-party plugin's test, with only the core and it installed."""
+    session.install("-e", ".[dev,embedded]", "-e", str(ROOT / "examples/chancy-plugin-example"))
+    session.run("pytest", str(ROOT / "examples/chancy-plugin-example/tests"), *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Push jobs and run them with a worker on the embedded PostgreSQL."""

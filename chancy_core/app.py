@@ -35,7 +35,15 @@ from chancy_core.errors import (
     JobNotFoundError,
     SchemaMissingError,
 )
-from chancy_core.job import IsAJob, Job, Limit, QueuedJob, Reference, check_queue_name
+from chancy_core.job import (
+    IsAJob,
+    Job,
+    Limit,
+    QueuedJob,
+    Reference,
+    check_queue_name,
+    to_json,
+)
 from chancy_core.migrations import MigrationSet, apply, load_migrations
 from chancy_core.plugins import build_plugin_manager, implemented
 from chancy_core.queue import Queue
@@ -57,8 +65,10 @@ AnyExecutor = (
     | psycopg.Cursor[Any]
 )
 
+# A URI's password runs to the last '@' (a password with a raw '@', '/' or space is a common
+# mistake, and then masking must still hide all of it); a keyword's to the end of its value.
 _SECRET = re.compile(
-    r"(://[^:/@?#]*:)([^@/?#]*)(@)|((?:password|passwd)\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
+    r"(://[^:/@?#\s]*:)(.*)(@)|((?:password|passwd)\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
     re.IGNORECASE,
 )
 
@@ -72,6 +82,16 @@ def mask_dsn(dsn: str) -> str:
         return f"{match[4]}***"
 
     return _SECRET.sub(hide, dsn)
+
+
+def _mask_secrets_of(dsn: str, text: str) -> str:
+    """``text`` (an error about ``dsn``) with ``dsn``'s passwords masked wherever they
+    appear: libpq's messages about a malformed DSN may quote the password on its own."""
+    for match in _SECRET.finditer(dsn):
+        secret = (match[2] if match[1] is not None else match[5]).strip("'")
+        if secret:
+            text = text.replace(secret, "***")
+    return mask_dsn(text)
 
 
 _last_ms = 0
@@ -96,19 +116,14 @@ def uuid7() -> uuid.UUID:
 
 
 def _json(value: Any, what: str, job: Job) -> str:
+    if not value:
+        return "{}" if isinstance(value, dict) else to_json(value)
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidJobError(
-            f"{what} of job {job.func} is not JSON-serializable ({exc}): pass only dicts,"
-            " lists, strings, numbers, booleans and None"
-        ) from None
-    if "\\u0000" in text:
-        raise InvalidJobError(
-            f"{what} of job {job.func} contains a NUL character, which PostgreSQL cannot store:"
-            " remove it or encode the value (e.g. base64)"
-        )
-    return text
+        # Refuses non-JSON values, non-string dict keys (JSON would silently turn 1 into "1"),
+        # NUL characters and lone surrogates, each saying what to do instead.
+        return to_json(value)
+    except ValueError as exc:
+        raise InvalidJobError(f"{what} of job {job.func} {exc}") from None
 
 
 def _job_id(ref: Reference | str) -> uuid.UUID:
@@ -231,7 +246,7 @@ class Chancy:
             psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
             raise ConfigurationError(
-                f"malformed DSN {mask_dsn(dsn)!r} ({mask_dsn(str(exc))}): use"
+                f"malformed DSN {mask_dsn(dsn)!r} ({_mask_secrets_of(dsn, str(exc).strip())}): use"
                 " 'postgresql://user:password@host:5432/dbname' or 'host=... dbname=...'"
             ) from None
 
@@ -254,7 +269,8 @@ class Chancy:
 
     def _unavailable(self, exc: Exception) -> DatabaseUnavailableError:
         return DatabaseUnavailableError(
-            f"cannot connect to {mask_dsn(self.dsn)!r}: {str(exc).strip()}. Check that"
+            f"cannot connect to {mask_dsn(self.dsn)!r}:"
+            f" {_mask_secrets_of(self.dsn, str(exc).strip())}. Check that"
             " PostgreSQL is running and that the DSN (or CHANCY_DSN) is right"
         )
 
@@ -466,7 +482,11 @@ class Chancy:
         positions = list(range(len(jobs)))  # where each row of params stands in `jobs`
         for _ in range(5):
             inserted = {row[0] for row in (yield self.schema.render(q.INSERT_JOBS), params)}
-            conflicts = [n for n, i in enumerate(params["ids"]) if i not in inserted]
+            conflicts = [
+                n
+                for n, (i, key) in enumerate(zip(params["ids"], params["unique_keys"], strict=True))
+                if key is not None and i not in inserted
+            ]
             if not conflicts:
                 return refs
             keys = [params["unique_keys"][n] for n in conflicts]
@@ -714,6 +734,7 @@ class Chancy:
 
     async def get_queue(self, name: str) -> Queue | None:
         """The declared queue named ``name``, or ``None``."""
+        check_queue_name(name, ConfigurationError)
 
         def op() -> Operation:
             rows = yield self.schema.render(q.SELECT_QUEUE), {"name": name}
@@ -760,6 +781,25 @@ class Chancy:
 
         changed: bool = await self.execute(op())
         return changed
+
+    async def count_jobs(
+        self, states: Iterable[QueuedJob.State] = (QueuedJob.State.PENDING,)
+    ) -> dict[tuple[str, QueuedJob.State], int]:
+        """How many jobs each queue has in each of ``states``, keyed ``(queue, state)``.
+
+        Pending and retrying counts read the small fetch index; counting other
+        states reads their rows.
+        """
+        wanted = sorted({QueuedJob.State(s).value for s in states})
+        waiting = set(wanted) <= {"pending", "retrying"}
+
+        def op() -> Operation:
+            statement = q.COUNT_WAITING_JOBS if waiting else q.COUNT_JOBS
+            rows = yield self.schema.render(statement), {"states": wanted}
+            return {(queue, QueuedJob.State(state)): int(n) for queue, state, n in rows}
+
+        counts: dict[tuple[str, QueuedJob.State], int] = await self.execute(op())
+        return counts
 
     async def notify(self, payload: dict[str, Any]) -> None:
         """Send an event on the app's channel (workers and waiters listen to it)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
 
 _INT32_MAX = 2**31 - 1
-_FUNC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+# \Z, not $: $ also matches before a trailing newline ("default\n" is no queue name).
+_FUNC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 """What a queue name may look like: letters, digits, ``_ . : -``, at most 100 characters."""
 
 #: Functions decorated with :func:`job` in this process, by importable name.
@@ -42,6 +44,72 @@ def _now() -> datetime:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# A day inside Python's datetime range on both ends, so that a scheduled_at read back in any
+# session time zone is still a valid datetime.
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+# A NUL escape in JSON text: \u0000 after an even number of backslashes (r"\\u0000" is text).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogates), i.e. storable as UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_CONTAINERS = (dict, list, tuple)
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+
+
+def to_json(value: Any) -> str:
+    """``value`` as compact JSON that PostgreSQL stores and gives back unchanged.
+
+    Raises :class:`ValueError` with a message that completes "``<what>`` ..." and says what
+    to do: for values JSON cannot encode (sets, objects, NaN, infinities), dict keys that
+    are not strings (JSON would silently turn ``1`` into ``"1"``), NUL characters and lone
+    surrogates (PostgreSQL cannot store either), and nesting too deep to encode.
+    """
+    hint = "pass only dicts with string keys, lists, strings, numbers, booleans and None"
+    try:
+        text = _encode_json(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"is not JSON-serializable ({exc}): {hint}") from None
+    pending = [value] if isinstance(value, _CONTAINERS) else []
+    pop, push = pending.pop, pending.append
+    while pending:  # the encoding succeeded, so there is no cycle
+        item = pop()
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                if key.__class__ is not str and not isinstance(key, str):
+                    raise ValueError(
+                        f"is not JSON-serializable (dict key {key!r} is not a string, and JSON"
+                        f" would silently turn it into one): {hint}"
+                    )
+                if isinstance(sub, _CONTAINERS):
+                    push(sub)
+        else:
+            for sub in item:
+                if isinstance(sub, _CONTAINERS):
+                    push(sub)
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise ValueError(
+            "contains a NUL character, which PostgreSQL cannot store: remove it or encode"
+            " the value (e.g. base64)"
+        )
+    if not _is_unicode(text):
+        raise ValueError(
+            "contains a lone surrogate character, which is not valid Unicode and cannot be"
+            " stored: decode bytes with errors='replace' or encode the value (e.g. base64)"
+        )
+    return text
 
 
 def check_queue_name(name: object, error: type[Exception] = InvalidJobError) -> str:
@@ -89,10 +157,12 @@ class Limit:
                 raise InvalidJobError(
                     f"invalid limit type {self.type_!r}: use Limit.Type.TIME or Limit.Type.MEMORY"
                 ) from None
-        if not _is_int(self.value) or self.value <= 0:
+        # At most 2**63 - 1: a larger int cannot become the float a worker's deadline needs.
+        if not _is_int(self.value) or not 0 < self.value < 2**63:
             unit = "seconds" if self.type_ is Limit.Type.TIME else "bytes"
             raise InvalidJobError(
                 f"invalid {self.type_.value} limit {self.value!r}: use a positive integer ({unit})"
+                " below 2**63"
             )
 
     def serialize(self) -> dict[str, Any]:
@@ -158,15 +228,25 @@ class Job:
                 f"invalid scheduled_at {self.scheduled_at!r}: use a timezone-aware datetime,"
                 " e.g. datetime.now(UTC)"
             )
+        if not _EARLIEST <= self.scheduled_at <= _LATEST:
+            # Outside this range the row could be written but never read back into Python.
+            raise InvalidJobError(
+                f"invalid scheduled_at {self.scheduled_at!r}: use a time between"
+                f" {_EARLIEST.isoformat()} and {_LATEST.isoformat()}"
+            )
         if not isinstance(self.limits, list) or not all(
             isinstance(limit, Limit) for limit in self.limits
         ):
             raise InvalidJobError(f"limits must be a list of Limit, not {self.limits!r}")
         if self.unique_key is not None and (
-            not isinstance(self.unique_key, str) or not self.unique_key or "\x00" in self.unique_key
+            not isinstance(self.unique_key, str)
+            or not self.unique_key
+            or "\x00" in self.unique_key
+            or not _is_unicode(self.unique_key)
         ):
             raise InvalidJobError(
                 f"invalid unique_key {self.unique_key!r}: use a non-empty string without NUL bytes"
+                " or lone surrogates"
             )
 
     @classmethod
@@ -227,7 +307,8 @@ class Job:
             "kwargs": self.kwargs,
             "priority": self.priority,
             "max_attempts": self.max_attempts,
-            "scheduled_at": self.scheduled_at.isoformat(),
+            # In UTC: fromisoformat() drops an offset's microseconds, so the instant could move.
+            "scheduled_at": self.scheduled_at.astimezone(UTC).isoformat(),
             "limits": [limit.serialize() for limit in self.limits],
             "unique_key": self.unique_key,
             "meta": self.meta,
@@ -285,8 +366,10 @@ class QueuedJob(Job):
         return {
             **super().pack(),
             "id": self.id,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "started_at": self.started_at.astimezone(UTC).isoformat() if self.started_at else None,
+            "completed_at": (
+                self.completed_at.astimezone(UTC).isoformat() if self.completed_at else None
+            ),
             "attempts": self.attempts,
             "state": self.state.value,
             "errors": list(self.errors),

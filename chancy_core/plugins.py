@@ -96,6 +96,11 @@ def build_plugin_manager(
                 continue
             try:
                 loaded = ep.load()
+                if any(  # an explicit instance of it, under another name, replaces it too
+                    p is loaded or (inspect.isclass(loaded) and isinstance(p, loaded))
+                    for p in explicit.values()
+                ):
+                    continue
                 pm.register(loaded() if inspect.isclass(loaded) else loaded, name=ep.name)
             except Exception as exc:
                 raise PluginError(
@@ -107,7 +112,7 @@ def build_plugin_manager(
             pm.unregister(name=name)
         try:
             pm.register(plugin, name=name)
-        except ValueError as exc:
+        except (ValueError, pluggy.PluginValidationError) as exc:
             raise PluginError(f"plugin {name!r} could not be registered: {exc}") from exc
     try:
         pm.check_pending()

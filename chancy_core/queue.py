@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chancy_core.errors import InvalidQueueError
-from chancy_core.job import _is_int, check_queue_name
+from chancy_core.job import _is_int, _is_unicode, check_queue_name, to_json
 
 __all__ = ["EXECUTORS", "Queue"]
 
@@ -68,6 +68,10 @@ class Queue:
             )
         if not isinstance(self.executor_options, dict):
             raise InvalidQueueError(f"queue {self.name!r}: executor_options must be a dict")
+        try:
+            to_json(self.executor_options)
+        except ValueError as exc:
+            raise InvalidQueueError(f"queue {self.name!r}: executor_options {exc}") from None
         if (
             isinstance(self.polling_interval, bool)
             or not isinstance(self.polling_interval, int | float)
@@ -91,8 +95,14 @@ class Queue:
         if isinstance(tags, str) or not isinstance(tags, Iterable):
             raise InvalidQueueError(f"queue {self.name!r}: tags must be a set of strings")
         object.__setattr__(self, "tags", frozenset(tags))
-        if not all(isinstance(tag, str) and tag for tag in self.tags):
-            raise InvalidQueueError(f"queue {self.name!r}: tags must be non-empty strings")
+        if not all(
+            isinstance(tag, str) and tag and "\x00" not in tag and _is_unicode(tag)
+            for tag in self.tags
+        ):
+            raise InvalidQueueError(
+                f"queue {self.name!r}: tags must be non-empty strings without NUL characters"
+                " or lone surrogates"
+            )
         if not isinstance(self.state, Queue.State):
             try:
                 object.__setattr__(self, "state", Queue.State(self.state))

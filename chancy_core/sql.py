@@ -20,7 +20,7 @@ from chancy_core.errors import ConfigurationError
 __all__ = ["Schema"]
 
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z_][a-z0-9_]*)\}(?!\})")
-_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,29}$")
+_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,29}\Z")  # \Z: $ would allow a trailing newline
 
 
 class Schema:
@@ -69,18 +69,22 @@ WITH ins AS (
     INSERT INTO {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at,
                         limits, unique_key)
     SELECT * FROM unnest(
-        %(ids)s::uuid[], %(queues)s::text[], %(funcs)s::text[], %(kwargs)s::jsonb[],
-        %(metas)s::jsonb[], %(priorities)s::int[], %(max_attempts)s::int[],
-        %(scheduled_at)s::timestamptz[], %(limits)s::jsonb[], %(unique_keys)s::text[])
+        %(ids)b::uuid[], %(queues)b::text[], %(funcs)b::text[], %(kwargs)b::jsonb[],
+        %(metas)b::jsonb[], %(priorities)b::int[], %(max_attempts)b::int[],
+        %(scheduled_at)b::timestamptz[], %(limits)b::jsonb[], %(unique_keys)b::text[])
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('pending', 'running', 'retrying')
         DO NOTHING
-    RETURNING id, queue
+    RETURNING id, queue, unique_key
 ), notified AS (
     SELECT count(pg_notify(%(channel)s, '{{"e":"pushed","q":' || to_json(queue)::text || '}}'))
     FROM (SELECT DISTINCT queue FROM ins) AS queues
 )
-SELECT ins.id FROM ins, notified
+-- Only rows with a unique key can conflict, so only their ids come back. `notified` must
+-- be read whatever `ins` returns: joined to an empty side it would never run (no NOTIFY).
+SELECT ins.id FROM ins WHERE ins.unique_key IS NOT NULL
+UNION ALL
+SELECT NULL FROM notified WHERE notified.count < 0
 """
 
 SELECT_UNIQUE: LiteralString = """
@@ -89,6 +93,19 @@ WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('pending', 'running', 're
 """
 
 # --- reading -------------------------------------------------------------------------------
+
+# How many jobs each queue has in each of the given states. COUNT_WAITING_JOBS is for
+# pending/retrying only: its literal IN lets the planner use the small fetch index.
+COUNT_JOBS: LiteralString = """
+SELECT queue, state, count(*) FROM {jobs} WHERE state = ANY(%(states)s::text[])
+GROUP BY queue, state ORDER BY queue, state
+"""
+
+COUNT_WAITING_JOBS: LiteralString = """
+SELECT queue, state, count(*) FROM {jobs}
+WHERE state IN ('pending', 'retrying') AND state = ANY(%(states)s::text[])
+GROUP BY queue, state ORDER BY queue, state
+"""
 
 SELECT_JOBS: LiteralString = (
     "SELECT " + JOB_COLUMNS + " FROM {jobs} WHERE id = ANY(%(ids)s::uuid[])"
@@ -175,6 +192,15 @@ DELETE_WORKER: LiteralString = "DELETE FROM {workers} WHERE worker_id = %(worker
 SELECT_CANCELLED: LiteralString = """
 SELECT id FROM {jobs}
 WHERE state = 'running' AND taken_by = %(worker_id)s AND cancelled_at IS NOT NULL
+"""
+
+# Every job the database says this worker runs (the heartbeat's check): whether someone
+# asked to cancel it, and whether it was claimed more than %(age)s seconds ago (a job the
+# worker does not know of after that is an orphan of a claim whose answer was lost).
+SELECT_OWN_RUNNING: LiteralString = """
+SELECT id, cancelled_at IS NOT NULL, started_at < now() - make_interval(secs => %(age)s)
+FROM {jobs}
+WHERE state = 'running' AND taken_by = %(worker_id)s
 """
 
 # --- the hot path --------------------------------------------------------------------------

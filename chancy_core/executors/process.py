@@ -9,6 +9,11 @@ Options (``Queue.executor_options``): ``start_method`` (``"spawn"`` by
 default, or ``"forkserver"``/``"fork"``), ``memory_check_interval`` (seconds
 between memory samples, default 0.05) and ``max_tasks_per_child`` (replace a
 child after that many jobs; default unlimited).
+
+A child that dies (``os._exit``, a signal, the kernel's out-of-memory killer)
+fails its job with :class:`~chancy_core.executors.JobCrashed` saying how it
+ended. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
+reaping a child never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import inspect
 import multiprocessing
 import os
 import pickle
+import signal
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -42,30 +48,52 @@ class RemoteError(Exception):
     """An exception raised in a child that could not be sent back as itself."""
 
 
+def _dumps(value: Any) -> bytes | None:
+    try:
+        return pickle.dumps(value)
+    except Exception:
+        return None
+
+
+def _loads(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return pickle.loads(data)
+    except Exception:
+        return None
+
+
 def _child_main(conn: Connection) -> None:
-    """The loop of one child: receive a job, run it, send back the outcome."""
+    """The loop of one child: receive a job, run it, send back the outcome.
+
+    The result and the exception travel pickled on their own, so that one that cannot
+    be pickled here or unpickled in the worker (an exception class with a custom
+    ``__init__``) degrades to ``None`` or a :class:`RemoteError` instead of breaking
+    the pipe.
+
+    SIGINT and SIGTERM are ignored: a Ctrl-C or a SIGTERM to the whole process group
+    reaches the worker too, which decides (drains, then kills what is left)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         try:
             message = conn.recv()
-        except EOFError:
+        except (EOFError, OSError, KeyboardInterrupt):
             return
         if message is None:
             return
         func_name, kwargs, job = message
+        outcome: tuple[Any, ...]
         try:
             func = resolve_function(func_name)
             call = call_function(func, kwargs, job)
             result = asyncio.run(call()) if inspect.iscoroutinefunction(func) else call()
-            try:
-                conn.send(("ok", result))
-            except (pickle.PicklingError, TypeError, AttributeError):
-                conn.send(("ok", None))
+            outcome = ("ok", _dumps(result))
         except BaseException as exc:
             text = "".join(traceback.format_exception(exc))
-            try:
-                conn.send(("error", exc, text))
-            except (pickle.PicklingError, TypeError, AttributeError):
-                conn.send(("error", RemoteError(f"{type(exc).__name__}: {exc}"), text))
+            outcome = ("error", _dumps(exc), text, f"{type(exc).__qualname__}: {exc}")
+        conn.send(outcome)
 
 
 def _rss(pid: int) -> int:
@@ -84,12 +112,23 @@ class _Child:
         self.process.start()
         child_conn.close()
         self.jobs = 0
+        self.exitcode: int | None = None
 
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5)
-        self.conn.close()
+    async def discard(self) -> None:
+        """Kill the child and reap it, without blocking the event loop (shielded: this
+        runs while the job's own scope is being cancelled)."""
+        with anyio.CancelScope(shield=True):
+            if self.process.exitcode is None:
+                self.process.kill()
+            with anyio.move_on_after(5):
+                delay = 0.001
+                while self.process.is_alive():  # is_alive() reaps the child once it exits
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            self.conn.close()
+            self.exitcode = self.process.exitcode
+            if self.exitcode is not None:
+                self.process.close()  # frees its resources; exitcode is kept above
 
 
 class ProcessExecutor:
@@ -103,14 +142,20 @@ class ProcessExecutor:
         self.busy: set[_Child] = set()
         self.limiter = anyio.CapacityLimiter(concurrency)
 
+    async def _take(self) -> _Child:
+        while self.idle:
+            child = self.idle.pop()
+            if child.process.is_alive():
+                return child
+            await child.discard()  # died while idle (killed from outside)
+        return await anyio.to_thread.run_sync(_Child, self.ctx)
+
     async def run(self, job: QueuedJob, func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         memory = min(
             (lim.value for lim in job.limits if lim.type_ is Limit.Type.MEMORY), default=None
         )
         async with self.limiter:
-            child = (
-                self.idle.pop() if self.idle else await anyio.to_thread.run_sync(_Child, self.ctx)
-            )
+            child = await self._take()
             self.busy.add(child)
             healthy = False
             try:
@@ -121,16 +166,17 @@ class ProcessExecutor:
                         break
                     if memory and _rss(child.process.pid) > memory:
                         raise MemoryLimitExceeded(
-                            f"job {job.id} used more than its memory limit of {memory} bytes;"
-                            " its process was killed"
+                            f"job {job.id} used more than its memory limit of {memory} bytes"
+                            f" ({memory / 2**20:.0f} MiB); its process was killed"
                         )
                 try:
                     outcome = child.conn.recv()
                 except (EOFError, OSError):
-                    await anyio.to_thread.run_sync(child.process.join, 5)
+                    await child.discard()
                     raise JobCrashed(
-                        f"the process running job {job.id} exited unexpectedly (exit code"
-                        f" {child.process.exitcode}); a new one replaces it"
+                        f"the process running job {job.id} exited unexpectedly"
+                        f" ({_describe_exit(child.exitcode)}) without reporting an outcome;"
+                        " a new process replaces it"
                     ) from None
                 healthy = True
             finally:
@@ -139,15 +185,32 @@ class ProcessExecutor:
                 if healthy and (self.max_tasks is None or child.jobs < self.max_tasks):
                     self.idle.append(child)
                 else:
-                    child.kill()
+                    await child.discard()
         if outcome[0] == "ok":
-            return outcome[1]
-        error: BaseException = outcome[1]
-        error.__notes__ = [outcome[2]]  # the child's traceback, stored as the job's error
+            return _loads(outcome[1])
+        error = _loads(outcome[1])
+        if not isinstance(error, BaseException):
+            error = RemoteError(outcome[3])
+        error.add_note(f"in the job's process:\n{outcome[2].rstrip()}")
         raise error
 
     async def aclose(self) -> None:
-        for child in [*self.idle, *self.busy]:
-            child.kill()
+        children = [*self.idle, *self.busy]
         self.idle.clear()
         self.busy.clear()
+        for child in children:
+            await child.discard()
+
+
+def _describe_exit(code: int | None) -> str:
+    """How a child ended: its exit code or the signal that killed it."""
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (maybe the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"

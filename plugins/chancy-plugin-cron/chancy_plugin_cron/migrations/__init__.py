@@ -1,0 +1,1 @@
+"""The cron plugin's migrations (``NNNN_name.sql``, ``{name}`` placeholders get the prefix)."""

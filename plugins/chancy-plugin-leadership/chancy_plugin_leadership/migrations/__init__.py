@@ -1,0 +1,2 @@
+"""The leadership plugin's migrations (``NNNN_name.sql``, ``{name}`` placeholders get the
+app's prefix)."""

@@ -1,0 +1,1 @@
+"""The pruner's migrations (``NNNN_name.sql``, ``{name}`` placeholders get the app's prefix)."""

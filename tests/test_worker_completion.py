@@ -1,0 +1,116 @@
+"""Completion: outcomes written in batches, fenced, with errors per attempt; retries."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import anyio
+import pytest
+import test_worker_support as s
+
+from chancy_core import Queue
+from chancy_core import sql as q
+
+pytestmark = [pytest.mark.anyio, pytest.mark.db]
+
+
+async def test_outcomes_are_written_in_batches(chancy, run_worker):
+    with anyio.fail_after(15):
+        await chancy.declare(Queue("q", concurrency=50, polling_interval=0.1))
+        async with run_worker(chancy, completion_delay=0.02) as worker:
+            writes: list[int] = []
+            complete = chancy.schema.render(q.COMPLETE_JOBS)
+            original = worker._with_conn
+
+            async def spy(statement, params):
+                if statement == complete:
+                    writes.append(len(params["ids"]))
+                return await original(statement, params)
+
+            worker._with_conn = spy
+            refs = await chancy.push_many([s.make_job(s.noop, "q")] * 200)
+            await s.wait_all(chancy, refs, "succeeded", timeout=10)
+    assert sum(writes) == 200
+    assert len(writes) <= 200 / 5, writes
+
+
+async def test_a_worker_cannot_overwrite_a_job_claimed_again_elsewhere(chancy, run_worker):
+    """While the job runs, the row is taken over (as recovery then another worker would
+    do): the worker's outcome must not touch it."""
+    with anyio.fail_after(10):
+        await chancy.declare(Queue("q", polling_interval=0.1))
+        async with run_worker(chancy) as worker:
+            taken = await chancy.push(s.make_job(s.sleeper, "q", seconds=0.5))
+            await s.wait_state(chancy, taken, "running")
+            await s.query(
+                chancy,
+                "UPDATE {jobs} SET taken_by = 'someone-else', attempts = attempts + 1"
+                " WHERE id = %s",
+                (uuid.UUID(str(taken)),),
+            )
+            # Reset to pending (recovery) with the same worker id but a later attempt.
+            reset = await chancy.push(s.make_job(s.async_fail, "q", message="x"))
+            await s.wait_state(chancy, reset, "running", "failed")
+            await s.query(
+                chancy,
+                "UPDATE {jobs} SET state = 'pending', taken_by = NULL,"
+                " scheduled_at = now() + interval '1 hour' WHERE id = %s",
+                (uuid.UUID(str(reset)),),
+            )
+            await s.wait_until(lambda: not worker.running_jobs, timeout=3)
+            await anyio.sleep(0.2)  # past the completion delay: the write happened
+            assert not worker._outcomes
+    row = await s.job_row(chancy, taken)
+    assert row["state"] == "running" and row["taken_by"] == "someone-else"
+    assert row["attempts"] == 2 and row["errors"] == [] and row["completed_at"] is None
+    row = await s.job_row(chancy, reset)
+    # If the failure was written before the reset, the reset overwrote it: that is fine.
+    assert row["state"] == "pending"
+
+
+async def test_errors_are_kept_per_attempt_and_retried_at_once(chancy, run_worker):
+    """max_attempts=3 without any plugin: three attempts back to back (well within the
+    10 s polling interval, so nothing waits for a poll), each error recorded."""
+    with anyio.fail_after(10):
+        await chancy.declare(Queue("q", polling_interval=10))
+        async with run_worker(chancy):
+            began = time.monotonic()
+            ref = await chancy.push(s.make_job(s.fail, "q", message="boom").with_max_attempts(3))
+            job = await s.wait_state(chancy, ref, "failed", timeout=5)
+            took = time.monotonic() - began
+    assert took < 2
+    assert job.attempts == 3
+    assert [e["attempt"] for e in job.errors] == [1, 2, 3]
+    assert all("ValueError: boom" in e["traceback"] for e in job.errors)
+    assert all("Traceback (most recent call last)" in e["traceback"] for e in job.errors)
+    assert job.completed_at is not None
+
+
+async def test_success_after_a_retry(chancy, run_worker):
+    with anyio.fail_after(10):
+        await chancy.declare(Queue("q", executor="thread", polling_interval=10))
+        async with run_worker(chancy):
+            ref = await chancy.push(s.make_job(s.fail_until, "q", attempt=2).with_max_attempts(5))
+            job = await s.wait_state(chancy, ref, "succeeded", timeout=5)
+    assert job.attempts == 2
+    assert len(job.errors) == 1 and "attempt 1 fails" in job.errors[0]["traceback"]
+
+
+async def test_errors_postgres_cannot_store_do_not_break_the_worker(chancy, run_worker):
+    """A NUL character or a lone surrogate in an error message is stored escaped."""
+    with anyio.fail_after(10):
+        await chancy.declare(Queue("q", concurrency=3, polling_interval=0.1))
+        async with run_worker(chancy) as worker:
+            refs = await chancy.push_many(
+                [
+                    s.make_job(s.fail_unstorable, "q", kind="nul"),
+                    s.make_job(s.fail_unstorable, "q", kind="surrogate"),
+                    s.make_job(s.sync_add, "q", a=1, b=1),
+                ]
+            )
+            jobs = await s.wait_all(chancy, refs, "failed", "succeeded")
+            assert not worker._stopped.is_set()
+    assert "nul\\x00here" in jobs[0].errors[0]["traceback"]
+    assert "lone \\ud800 surrogate" in jobs[1].errors[0]["traceback"]
+    assert jobs[2].state.value == "succeeded"

@@ -1,0 +1,78 @@
+"""Notifications wake the worker at once, and it keeps listening after losing the
+listener's connection."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import anyio
+import pytest
+import test_worker_support as s
+
+from chancy_core import Queue
+
+pytestmark = [pytest.mark.anyio, pytest.mark.db]
+
+LISTENERS = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()
+"""
+
+
+async def push_latency(chancy, tag: str) -> float:
+    """Seconds from a push to the job's start."""
+    pushed = time.monotonic()
+    await chancy.push(s.make_job(s.record, "q", tag=tag))
+    await s.wait_until(lambda: tag in s.STARTS, timeout=3, interval=0.005, what=f"{tag} to start")
+    return s.STARTS[tag] - pushed
+
+
+async def test_a_push_starts_the_job_at_once(chancy, run_worker):
+    """The polling interval is 10 s: only the notification can start jobs this fast."""
+    s.STARTS.clear()
+    with anyio.fail_after(10):
+        await chancy.declare(Queue("q", polling_interval=10))
+        async with run_worker(chancy):
+            await anyio.sleep(0.1)  # the fetch loop has claimed nothing and waits
+            latencies = []
+            for n in range(5):
+                latencies.append(await push_latency(chancy, f"job{n}"))
+                await anyio.sleep(0.05)
+    assert statistics.median(latencies) < 0.1, latencies
+    assert max(latencies) < 0.5, latencies
+
+
+async def test_the_listener_reconnects_after_its_connection_is_killed(chancy, run_worker):
+    s.STARTS.clear()
+    with anyio.fail_after(15):
+        await chancy.declare(Queue("q", polling_interval=10))
+        async with run_worker(chancy):
+            (old,) = await s.query(chancy, LISTENERS)
+            await s.query(chancy, "SELECT pg_terminate_backend(%s)", old)
+
+            async def reconnected() -> bool:
+                rows = await s.query(chancy, LISTENERS)
+                return bool(rows) and rows[0] != old
+
+            await s.wait_until(reconnected, timeout=5, what="the listener to reconnect")
+            assert await push_latency(chancy, "after") < 0.5
+            # And once more: it keeps getting wake-ups.
+            assert await push_latency(chancy, "again") < 0.5
+
+
+async def test_malformed_notifications_are_ignored(chancy, run_worker):
+    s.STARTS.clear()
+    with anyio.fail_after(10):
+        await chancy.declare(Queue("q", polling_interval=10))
+        async with run_worker(chancy) as worker:
+            for payload in (
+                "not json",
+                "[1]",
+                '{"e": "pushed", "q": [1]}',
+                '{"e": "cancel", "ids": 5}',
+            ):
+                await s.query(chancy, "SELECT pg_notify(%s, %s)", (chancy.schema.channel, payload))
+            await anyio.sleep(0.2)
+            assert not worker._stopped.is_set()
+            assert await push_latency(chancy, "fine") < 0.5

@@ -205,16 +205,19 @@ WHERE state = 'running' AND taken_by = %(worker_id)s
 
 # --- the hot path --------------------------------------------------------------------------
 
+# The claimed ids are materialized once (a CTE with FOR UPDATE always is), so the LIMIT
+# holds whatever plan the UPDATE gets.
 CLAIM_JOBS: LiteralString = """
-UPDATE {jobs} AS j
-SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s
-FROM (
+WITH claimed AS MATERIALIZED (
     SELECT id FROM {jobs}
     WHERE queue = %(queue)s AND state IN ('pending', 'retrying') AND scheduled_at <= now()
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-) AS claimed
+)
+UPDATE {jobs} AS j
+SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s
+FROM claimed
 WHERE j.id = claimed.id
 RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
 

@@ -76,7 +76,11 @@ async def test_cron_is_discovered_through_its_entry_point(chancy: Chancy) -> Non
 
 async def test_two_workers_push_each_run_exactly_once(database: str, run_worker: RunWorker) -> None:
     crons = [CountingCron(interval=0.05), CountingCron(interval=0.05)]
-    async with Chancy(database, plugins=[crons[0]]) as a, Chancy(database, plugins=[crons[1]]) as b:
+    # Only cron: with a leadership plugin installed, only one of them would run the scheduler.
+    async with (
+        Chancy(database, plugins=[crons[0]], autoload_plugins=False) as a,
+        Chancy(database, plugins=[crons[1]], autoload_plugins=False) as b,
+    ):
         await a.declare(Queue("default", concurrency=20))
         await Cron.add(a, "every-second", "* * * * * *", Job.from_func(tick))
         with anyio.fail_after(20):

@@ -58,7 +58,13 @@ KEY = "leadership"
 """The plugin's name (it keeps nothing in ``Job.meta``)."""
 
 #: Errors that mean the database is away for now: the attempt failed, the next one may not.
-_TRANSIENT = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailableError, OSError)
+_TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    DatabaseUnavailableError,
+    OSError,
+)
 
 # Take or renew the lease: succeeds (returns a row) only for its holder or once it expired.
 ACQUIRE: LiteralString = """
@@ -190,7 +196,7 @@ class Leadership:
                 await anyio.sleep(max(wait, 0.0))
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await self._give_up(worker, state)
+                await self._give_up(worker, state, "its leadership task ended")
             if state.stopping:
                 self._states.pop(worker.worker_id, None)
 
@@ -203,6 +209,11 @@ class Leadership:
         with anyio.move_on_after(max(deadline - sent, 0.0)):
             try:
                 held = await self.acquire(worker.chancy, worker.worker_id)
+            except psycopg.errors.UndefinedTable:
+                log.error(
+                    "the leadership table does not exist: run `await chancy.migrate()` or"
+                    " `chancy migrate`; no worker leads until then"
+                )
             except _TRANSIENT as exc:
                 log.warning(
                     "worker %s could not reach the leadership lease (%s)",
@@ -230,7 +241,8 @@ class Leadership:
     async def _step_down(self, worker: Worker, state: _State, why: str) -> None:
         state.until = 0.0
         if worker.is_leader:
-            log.warning(
+            log.log(
+                logging.INFO if state.stopping else logging.WARNING,
                 "worker %s is no longer the leader: %s",
                 worker.worker_id,
                 why,
@@ -238,9 +250,9 @@ class Leadership:
             )
             await worker.set_leader(False)
 
-    async def _give_up(self, worker: Worker, state: _State) -> None:
+    async def _give_up(self, worker: Worker, state: _State, why: str) -> None:
         """Step down, then release the lease (in that order: never two leaders)."""
-        await self._step_down(worker, state, "it is stopping")
+        await self._step_down(worker, state, why)
         try:
             if await self.release(worker.chancy, worker.worker_id):
                 log.info("worker %s released the leadership lease", worker.worker_id)
@@ -267,4 +279,4 @@ class Leadership:
         state = self._states.get(worker.worker_id)
         if state is not None:
             state.stopping = True
-            await self._give_up(worker, state)
+            await self._give_up(worker, state, "it is stopping")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 from chancy_plugin_leadership import KEY, Leadership
 
-from chancy_core import Chancy
+from chancy_core import Chancy, Worker
 from chancy_core.errors import ConfigurationError
 
 
@@ -97,3 +98,21 @@ def test_installed_plugin_is_discovered_and_elects() -> None:
 def test_invalid_options_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         Leadership(**options)
+
+
+@pytest.mark.anyio
+@pytest.mark.db
+async def test_without_its_table_no_worker_leads_and_the_error_says_what_to_do(
+    app: Chancy, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with app.pool.connection() as conn:
+        await conn.execute(app.schema.render("DROP TABLE {leadership}"))
+    plugin = Leadership(ttl=1, interval=0.1)
+    with anyio.fail_after(5):
+        async with (
+            Chancy(app.dsn, autoload_plugins=False, plugins=[plugin]) as other,
+            Worker(other, heartbeat_interval=0.5, shutdown_timeout=1) as worker,
+        ):
+            await anyio.sleep(0.3)
+            assert not worker.is_leader
+    assert "run `await chancy.migrate()`" in caplog.text

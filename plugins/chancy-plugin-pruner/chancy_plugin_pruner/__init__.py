@@ -53,7 +53,13 @@ DEFAULT_RETENTION: Mapping[str, timedelta] = {
 """What :class:`Pruner` keeps when given no ``retention``."""
 
 #: Errors that mean the database is away for now: logged, and tried again next round.
-_TRANSIENT = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailableError, OSError)
+_TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    DatabaseUnavailableError,
+    OSError,
+)
 
 # One bounded batch of one final state, oldest first. The state is checked again as rows
 # are deleted (and they are locked as they are chosen), so only finished rows ever go.

@@ -56,7 +56,13 @@ KEY = "recovery"
 J = TypeVar("J", bound=Job)
 
 #: Errors that mean the database is away for now: logged, and tried again next round.
-_TRANSIENT = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailableError, OSError)
+_TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    DatabaseUnavailableError,
+    OSError,
+)
 
 # One statement, fenced: select the stale running rows (locking them, skipping rows a
 # worker is writing right now), then update only those still running under the same

@@ -520,11 +520,14 @@ class Chancy:
     ) -> list[Reference]:
         """Push many jobs in one transaction, one statement per ``batch_size`` jobs."""
         batches = self._batches(self._as_jobs(jobs), batch_size)
-        async with self.pool.connection() as conn, conn.transaction():
-            refs: list[Reference] = []
-            for batch in batches:
-                refs += await self._run(conn, self._push_op(batch))
-            return refs
+        try:  # connecting and committing fail outside _run: say so as clearly
+            async with self.pool.connection() as conn, conn.transaction():
+                refs: list[Reference] = []
+                for batch in batches:
+                    refs += await self._run(conn, self._push_op(batch))
+                return refs
+        except psycopg.OperationalError as exc:
+            raise self._translate(exc) from exc
 
     async def push_many_ex(
         self,
@@ -549,11 +552,14 @@ class Chancy:
     ) -> list[Reference]:
         """Sync twin of :meth:`push_many`."""
         batches = self._batches(self._as_jobs(jobs), batch_size)
-        with self._sync_pool_opened().connection() as conn, conn.transaction():
-            refs: list[Reference] = []
-            for batch in batches:
-                refs += self._run_sync(conn, self._push_op(batch))
-            return refs
+        try:
+            with self._sync_pool_opened().connection() as conn, conn.transaction():
+                refs: list[Reference] = []
+                for batch in batches:
+                    refs += self._run_sync(conn, self._push_op(batch))
+                return refs
+        except psycopg.OperationalError as exc:
+            raise self._translate(exc) from exc
 
     def sync_push_many_ex(
         self,
@@ -680,10 +686,25 @@ class Chancy:
         job_id = str(_job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
-        with self.sync_connect() as conn:
-            conn.execute(listen)
+        conn: psycopg.Connection[Any] | None = None
+        try:  # reconnects like wait_for_job: a database restart must not fail the caller
             while True:
-                found: QueuedJob | None = self._run_sync(conn, self._get_op([job_id]))[0]
+                try:
+                    if conn is None or conn.closed:
+                        conn = self.sync_connect()
+                        conn.execute(listen)
+                    found: QueuedJob | None = self._run_sync(conn, self._get_op([job_id]))[0]
+                except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
+                    log.warning("sync_wait_for_job: database unavailable (%s); retrying", exc)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    time.sleep(min(interval, 1.0))
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"job {job_id} did not finish within {timeout}s"
+                        ) from exc
+                    continue
                 if found is None:
                     raise JobNotFoundError(f"job {job_id} does not exist (pruned or never pushed)")
                 if found.state in FINAL_STATES:
@@ -696,9 +717,16 @@ class Chancy:
                             f"job {job_id} did not finish within {timeout}s (it is"
                             f" {found.state.value})"
                         )
-                for note in conn.notifies(timeout=wait):
-                    if job_id in note.payload:
-                        break
+                try:
+                    for note in conn.notifies(timeout=wait):
+                        if job_id in note.payload:
+                            break
+                except psycopg.OperationalError:
+                    conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.close()
 
     # --- queues --------------------------------------------------------------------------
 

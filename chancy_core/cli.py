@@ -13,9 +13,11 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from typing import Any
@@ -340,12 +342,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status
 
     try:
-        return anyio.run(run)
+        status = anyio.run(run)
+        if args.command == "worker":
+            leave_abandoned_threads(status)
+        return status
     except ChancyError as exc:
         print(f"chancy: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def leave_abandoned_threads(status: int) -> None:
+    """End the process now if threads outlive the worker that stopped.
+
+    Python cannot stop a thread: a thread-executor job still running when the shutdown
+    timeout ran out was abandoned (and put back to ``pending``), and as a non-daemon
+    thread it would keep the process, and itself, running until it returns. Exiting at
+    once ends it with the process. Call this after ``Worker.serve()`` returns in a
+    process of your own that serves thread queues."""
+    current = threading.current_thread()
+    if any(t is not current and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        logging.getLogger(__name__).warning(
+            "threads still run after the worker stopped (abandoned jobs); exiting without them"
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 if __name__ == "__main__":

@@ -174,10 +174,13 @@ def chancy_job_starting(worker: Worker, job: QueuedJob) -> None:
 def chancy_job_wrap(worker: Worker, job: QueuedJob) -> AbstractAsyncContextManager[None] | None:
     """Wrap a job's execution in an async context manager.
 
-    The worker enters every returned context manager (in registration order)
-    around the executor's run of the job, on the worker's event loop, and
-    exits them with the job's exception, if any. Use it for tracing, timing
-    or per-job resources.
+    The worker enters every returned context manager around the executor's
+    run of the job, on the worker's event loop, and exits them with the job's
+    exception, if any. They nest in pluggy's call order: a ``tryfirst``
+    implementation (else the last registered) is outermost. The job's time
+    limit covers them. Use it for tracing, timing or per-job resources. An
+    implementation, or a context manager entering or exiting, that raises is
+    logged and skipped: it never fails the job.
 
     Sync only (it returns the async context manager). Runs on the worker
     running the job.
@@ -197,7 +200,11 @@ def chancy_retry_decision(
     Called when an attempt raised (or hit a limit). Stops at first non-None
     result. Return a timezone-aware ``datetime`` to retry at that time, or
     ``False`` to fail the job for good. The core's default retries at once
-    while ``job.attempts < job.max_attempts`` and never after a cancellation.
+    while ``job.attempts < job.max_attempts``. Not called for errors no
+    attempt can avoid (a cancellation, a function that is not allowed or
+    cannot be imported, kwargs that do not fit its signature): those fail at
+    once. An implementation that raises is logged and the core's default
+    decides. Changes made to ``job.meta`` here are saved with the outcome.
 
     Sync only. Runs on the worker that ran the job.
 

@@ -8,22 +8,39 @@ Guarantees, and how they are kept:
 
 * **Never more running than allowed.** A queue's fetch loop claims at most
   its free slots (``concurrency`` minus jobs executing) in one statement.
-  A slot frees when the job's function returns; its outcome is written in
-  the next batch.
+  A slot frees when the job's function returns (or is abandoned at a time
+  limit); its outcome is written in the next batch. When a queue changes
+  executor, jobs still running on the old one count against the new loop.
 * **Never twice at once.** Claims use ``FOR UPDATE SKIP LOCKED``; every
   outcome write is fenced on ``state = 'running'``, this worker's id and the
   attempt number, so a worker that lost a job cannot overwrite it.
 * **At-least-once.** Outcomes that cannot be written (database away) are kept
   and retried; if the worker dies first the job stays ``running`` under its
-  id until the recovery plugin gives it back. A clean shutdown puts jobs it
-  had to stop back to ``pending``.
+  id until the recovery plugin gives it back. A claim is shielded from
+  cancellation, so claimed rows are always started; a claim whose answer was
+  lost (the database went away as it committed) is found by the heartbeat
+  and put back to ``pending``. A clean shutdown drains for up to
+  ``shutdown_timeout``, then stops what is left and puts it back to
+  ``pending`` (the attempt not counted), writes every outcome, and removes
+  the worker's row.
+* **Wake-ups.** A push notifies the queue's fetch loop; a finished job wakes
+  it when its last claim was full; a retry due at once wakes it once written.
+  Polling (each queue's ``polling_interval``) only covers lost
+  notifications and scheduled jobs.
+* **Errors.** An error before the function runs (not allowed, cannot be
+  imported, an invalid row) or that no attempt can avoid (kwargs that do not
+  fit the signature, a cancellation) fails the job at once; any other
+  error goes to ``chancy_retry_decision``. Hooks that raise are logged and
+  skipped; nothing a job or a plugin raises stops the worker.
 
 Which code runs: with ``allow=None`` (the Python API's default) a worker runs
 any importable function a job names; whoever can insert a row can then run
 any code the worker can import. Pass ``allow=["myapp.tasks"]`` to run only
 functions under those module prefixes plus those registered with ``@job``
 (``allow=()``: only registered ones); anything else fails without being
-imported. The ``chancy worker`` command restricts by default.
+imported, and the function found must itself be defined under an allowed
+prefix (``myapp.tasks.os.system`` is refused). The ``chancy worker`` command
+restricts by default.
 """
 
 from __future__ import annotations
@@ -291,6 +308,9 @@ class Worker:
         # Whether plugins may change a job's meta, which is then written back if changed.
         self._meta_hooks = any(self._has.values()) or self._retry_hooks
         self._retired: set[_QueueLoop] = set()
+        # Outcomes recorded but not yet written, by queue: with the running jobs they may
+        # be at most 2 x concurrency, so a slow write cannot let claims run ahead unbounded.
+        self._unwritten: dict[str, int] = {}
         self._flush_lock = anyio.Lock()
         self._drain_scope: anyio.CancelScope | None = None
         self._checked: dict[str, Callable[..., Any]] = {}  # allowed functions, by name
@@ -396,8 +416,11 @@ class Worker:
         return [*self.queues.values(), *self._retired]
 
     def _busy(self) -> bool:
-        """Whether a job still runs or a fetch loop may still start one."""
-        return any(loop.running or not loop.done.is_set() for loop in self._all_loops())
+        """Whether a job still runs (or has its outcome yet to record), or a fetch loop
+        may still start one."""
+        return bool(self._finishing) or any(
+            loop.running or not loop.done.is_set() for loop in self._all_loops()
+        )
 
     async def _shutdown(self) -> None:
         """Stop claiming, drain (up to ``shutdown_timeout``), stop what is left and put it
@@ -715,7 +738,11 @@ class Worker:
             with loop.scope:
                 while True:
                     queue = loop.queue
-                    limit = loop.free
+                    # Rows held (running + outcomes not yet written) stay <= 2 x concurrency:
+                    # a claim overlaps the write of the previous batch's outcomes, but
+                    # claims never run ahead of a slow writer.
+                    free = loop.free
+                    limit = min(free, free + queue.concurrency - self._unwritten.get(queue.name, 0))
                     if queue.state is Queue.State.PAUSED or limit <= 0:
                         with anyio.move_on_after(queue.polling_interval):
                             await loop.wake.wait()
@@ -894,23 +921,22 @@ class Worker:
                 with scope:
                     if seconds is not None:
                         scope.deadline = anyio.current_time() + seconds
-                    async with AsyncExitStack() as stack:
-                        if self._wrappers:
+                    if self._wrappers:
+                        async with AsyncExitStack() as stack:
                             for cm in self._wrap(job):
                                 await stack.enter_async_context(cm)
-                        try:
                             result = await loop.executor.run(job, func, kwargs)
-                        except TypeError as exc:
-                            if not _accepts(func, kwargs):
-                                permanent = True
-                                exc.add_note(
-                                    f"the job's kwargs ({', '.join(sorted(kwargs)) or 'none'})"
-                                    f" do not fit the signature of {job.func}"
-                                    f"{_signature(func)}: push it with kwargs that do"
-                                )
-                            raise
+                    else:
+                        result = await loop.executor.run(job, func, kwargs)
             except Exception as exc:
                 if not scope.cancel_called:
+                    if isinstance(exc, TypeError) and not _accepts(func, kwargs):
+                        permanent = True  # no attempt can succeed with these kwargs
+                        exc.add_note(
+                            f"the job's kwargs ({', '.join(sorted(kwargs)) or 'none'}) do not"
+                            f" fit the signature of {job.func}{_signature(func)}: push it with"
+                            " kwargs that do"
+                        )
                     raise
                 stopped = exc  # the job turned its cancellation into an error
             if scope.cancel_called:
@@ -1009,6 +1035,7 @@ class Worker:
     # --- writing outcomes ----------------------------------------------------------------
 
     def _record(self, outcome: _Outcome) -> None:
+        self._unwritten[outcome.queue] = self._unwritten.get(outcome.queue, 0) + 1
         self._outcomes.append(outcome)
         self._outcome_ready.set()
 
@@ -1028,10 +1055,12 @@ class Worker:
                 batch = self._outcomes[: self.completion_batch]
                 await self._write(batch)
                 del self._outcomes[: len(batch)]
+                for o in batch:
+                    self._unwritten[o.queue] -= 1
                 again = {o.queue for o in batch if o.state == "retrying" and not o.scheduled_at}
-                for name in again:  # retries due at once: no notification wakes anyone
+                for name in {o.queue for o in batch}:  # retries due at once, freed slots
                     loop = self.queues.get(name)
-                    if loop is not None:
+                    if loop is not None and (loop.more or name in again):
                         loop.poke()
             self._outcome_ready = anyio.Event()
 

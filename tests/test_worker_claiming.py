@@ -84,7 +84,8 @@ async def test_scheduled_job_waits_until_due(chancy, run_worker):
             later = await chancy.push(s.make_job(s.sync_add, "q", a=1, b=1).with_scheduled_at(due))
             now = await chancy.push(s.make_job(s.sync_add, "q", a=1, b=1))
             await s.wait_state(chancy, now, "succeeded")
-            await anyio.sleep(0.8)
+            # Polled every 0.1 s, it is still pending until it is due.
+            await anyio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() - 0.3))
             job = await chancy.get_job(later)
             assert job is not None and job.state.value == "pending"
             job = await s.wait_state(chancy, later, "succeeded", timeout=3)

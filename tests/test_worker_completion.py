@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
@@ -114,3 +116,36 @@ async def test_errors_postgres_cannot_store_do_not_break_the_worker(chancy, run_
     assert "nul\\x00here" in jobs[0].errors[0]["traceback"]
     assert "lone \\ud800 surrogate" in jobs[1].errors[0]["traceback"]
     assert jobs[2].state.value == "succeeded"
+
+
+async def test_a_claim_whose_answer_was_lost_is_put_back(chancy, run_worker):
+    """The database says this worker runs a job it never heard of (the claim committed
+    as the connection died): the heartbeat puts it back, and it runs."""
+    with anyio.fail_after(10):
+        await chancy.declare(Queue("q", polling_interval=0.1))
+        async with run_worker(chancy, heartbeat_interval=0.2) as worker:
+            ref = await chancy.push(s.make_job(s.sync_add, "q", a=1, b=1).with_max_attempts(1))
+            await s.wait_state(chancy, ref, "succeeded")
+            orphan = await s.insert_row(
+                chancy,
+                queue="q",
+                func="test_worker_support.sync_add",
+                kwargs=json.dumps({"a": 2, "b": 2}),
+                state="running",
+                attempts=1,
+                taken_by=worker.worker_id,
+                started_at=datetime.now(UTC) - timedelta(minutes=5),
+            )
+            # A job it does run is left alone however long it has been running.
+            s.RUNS.clear()
+            running = await chancy.push(s.make_job(s.counted_run, "q", tag="r", seconds=1.5))
+            await s.wait_state(chancy, running, "running")
+            await s.query(
+                chancy,
+                "UPDATE {jobs} SET started_at = now() - interval '5 minutes' WHERE id = %s",
+                (uuid.UUID(str(running)),),
+            )
+            job = await s.wait_state(chancy, orphan, "succeeded", timeout=5)
+            other = await s.wait_state(chancy, running, "succeeded", timeout=5)
+    assert job.attempts == 1  # the lost claim's attempt was given back
+    assert other.attempts == 1 and s.RUNS == {"r": 1}

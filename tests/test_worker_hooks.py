@@ -258,3 +258,24 @@ async def test_a_hook_that_raises_is_logged_and_isolated(database, run_worker, c
         "plugin task flaky failed",
     ):
         assert what in messages, what
+
+
+class BadMeta:
+    """Leaves a meta PostgreSQL refuses (a NUL escape): the outcome is still written."""
+
+    name = "bad-meta"
+
+    @hookimpl
+    def chancy_job_completed(self, job):
+        job.meta["bad-meta"] = "nul\x00"
+
+
+async def test_an_outcome_the_database_refuses_is_written_without_meta(database, run_worker):
+    async with Chancy(database, plugins=[BadMeta()]) as chancy:
+        with anyio.fail_after(10):
+            await chancy.declare(Queue("q", concurrency=5, polling_interval=0.1))
+            async with run_worker(chancy) as worker:
+                refs = await chancy.push_many([s.make_job(s.sync_add, "q", a=1, b=1)] * 5)
+                jobs = await s.wait_all(chancy, refs, "succeeded")
+                assert not worker._stopped.is_set()
+    assert all(j.meta == {} for j in jobs)

@@ -47,13 +47,13 @@ async def test_concurrency_change_applies_at_once(chancy, run_worker, executor):
     func = s.counted if executor == "async" else s.counted_sync
     with anyio.fail_after(15):
         await chancy.declare(Queue("q", executor=executor, concurrency=2, polling_interval=5))
-        async with run_worker(chancy):
+        async with run_worker(chancy) as worker:
             s.GAUGE.reset()
             refs = await chancy.push_many([s.make_job(func, "q", seconds=0.15)] * 6)
             await s.wait_all(chancy, refs, "succeeded")
             assert s.GAUGE.max == 2
             await chancy.declare(Queue("q", executor=executor, concurrency=4, polling_interval=5))
-            await anyio.sleep(0.3)
+            await s.wait_until(lambda: worker.queues["q"].queue.concurrency == 4, timeout=1)
             s.GAUGE.reset()
             refs = await chancy.push_many([s.make_job(func, "q", seconds=0.15)] * 8)
             await s.wait_all(chancy, refs, "succeeded")
@@ -114,7 +114,7 @@ async def test_executor_change_keeps_concurrency_across_old_and_new_loop(chancy,
     with anyio.fail_after(10):
         await chancy.declare(Queue("q", executor="async", concurrency=1, polling_interval=0.1))
         async with run_worker(chancy) as worker:
-            old = await chancy.push(s.make_job(s.sleeper, "q", seconds=1))
+            old = await chancy.push(s.make_job(s.sleeper, "q", seconds=2))
             await s.wait_state(chancy, old, "running")
             await chancy.declare(Queue("q", executor="thread", concurrency=1, polling_interval=0.1))
             await s.wait_until(lambda: worker.queues["q"].queue.executor == "thread", timeout=1)

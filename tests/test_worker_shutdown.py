@@ -113,15 +113,21 @@ def _reap(proc: subprocess.Popen) -> None:
     proc.communicate()  # also closes its pipe
 
 
-@pytest.mark.parametrize("executor", ["async", "process"])
-async def test_sigterm_mid_job_puts_it_back(chancy, database, tmp_path, executor):
+@pytest.mark.parametrize(
+    ("executor", "signals", "timeout"),
+    [("async", 1, 0.5), ("process", 1, 0.5), ("async", 2, 60)],
+    ids=["async", "process", "second-signal-stops-at-once"],
+)
+async def test_sigterm_mid_job_puts_it_back(chancy, database, tmp_path, executor, signals, timeout):
     with anyio.fail_after(25):
         await chancy.declare(Queue("q", executor=executor, polling_interval=0.1))
         ref = await chancy.push(s.make_job(s.sleeper, "q", seconds=30))
-        proc = await _serve_in_subprocess(chancy, database, tmp_path, timeout=0.5)
+        proc = await _serve_in_subprocess(chancy, database, tmp_path, timeout=timeout)
         try:
             await s.wait_state(chancy, ref, "running", timeout=15)
-            proc.send_signal(signal.SIGTERM)
+            for _ in range(signals):
+                proc.send_signal(signal.SIGTERM)
+                await anyio.sleep(0.3)
             code, output = await _wait_exit(proc, 10)
         finally:
             _reap(proc)

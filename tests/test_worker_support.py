@@ -63,6 +63,11 @@ def sync_add(a: int, b: int) -> int:
     return a + b
 
 
+def returns_coroutine(a: int, b: int) -> Any:
+    """A plain function whose result is a coroutine (a sync wrapper of an async one)."""
+    return async_add(a, b)
+
+
 def where() -> dict[str, Any]:
     """Which process and thread a sync job ran in."""
     return {
@@ -98,6 +103,14 @@ def counted_sync(seconds: float) -> None:
 async def record(tag: str) -> None:
     ORDER.append(tag)
     STARTS[tag] = time.monotonic()
+
+
+RUNS: dict[str, int] = {}  # tag -> how many times a job ran
+
+
+async def counted_run(tag: str, seconds: float) -> None:
+    RUNS[tag] = RUNS.get(tag, 0) + 1
+    await asyncio.sleep(seconds)
 
 
 async def sleeper(seconds: float) -> str:
@@ -314,6 +327,13 @@ async def insert_row(chancy: Chancy, **columns: Any) -> str:
     async with chancy.pool.connection() as conn:
         await conn.execute(statement, list(columns.values()))
     return str(columns["id"])
+
+
+def raised(job: QueuedJob | dict[str, Any], index: int = -1) -> str:
+    """The last line of an error entry: the exception the attempt ended with (for errors
+    without notes)."""
+    errors = job["errors"] if isinstance(job, dict) else job.errors
+    return str(errors[index]["traceback"]).strip().splitlines()[-1]
 
 
 def make_job(func: Callable[..., Any], queue: str = "default", **kwargs: Any) -> Job:

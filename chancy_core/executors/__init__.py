@@ -35,6 +35,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "TimeLimitExceeded",
     "call_function",
+    "is_async",
     "make_executor",
     "resolve_function",
 ]
@@ -100,12 +101,30 @@ def _import(name: str) -> Callable[..., Any]:
     raise LookupError(f"no module of {name!r} can be imported")
 
 
-@cache
-def _wants_context(func: Callable[..., Any]) -> bool:
+def _signature_wants_context(func: Callable[..., Any]) -> bool:
     try:
         return "job_context" in inspect.signature(func).parameters
     except (TypeError, ValueError):
         return False
+
+
+_cached_wants_context = cache(_signature_wants_context)
+_cached_is_async = cache(inspect.iscoroutinefunction)
+
+
+def _wants_context(func: Callable[..., Any]) -> bool:
+    try:
+        return _cached_wants_context(func)
+    except TypeError:  # an unhashable callable object
+        return _signature_wants_context(func)
+
+
+def is_async(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` is a coroutine function (checked once per function)."""
+    try:
+        return _cached_is_async(func)
+    except TypeError:
+        return inspect.iscoroutinefunction(func)
 
 
 def call_function(
@@ -116,6 +135,10 @@ def call_function(
     if job is not None and _wants_context(func):
         return partial(func, **kwargs, job_context=job)
     return partial(func, **kwargs)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
 
 
 class LocalExecutor:
@@ -132,9 +155,12 @@ class LocalExecutor:
 
     async def run(self, job: QueuedJob, func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         call = call_function(func, kwargs, job)
-        if inspect.iscoroutinefunction(func):
+        if is_async(func):
             return await call()
-        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self.limiter)
+        result = await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self.limiter)
+        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+            result = await result
+        return result
 
     async def aclose(self) -> None:
         return None

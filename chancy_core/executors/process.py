@@ -10,6 +10,11 @@ default, or ``"forkserver"``/``"fork"``), ``memory_check_interval`` (seconds
 between memory samples, default 0.05) and ``max_tasks_per_child`` (replace a
 child after that many jobs; default unlimited).
 
+With ``spawn`` and ``forkserver`` each child imports the worker program's main
+module (as ``__mp_main__``), as :mod:`multiprocessing` always does: a script
+that starts a worker must do so under ``if __name__ == "__main__":``, or each
+child starts another worker.
+
 A child that dies (``os._exit``, a signal, the kernel's out-of-memory killer)
 fails its job with :class:`~chancy_core.executors.JobCrashed` saying how it
 ended. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
@@ -34,7 +39,9 @@ import anyio
 from chancy_core.executors import (
     JobCrashed,
     MemoryLimitExceeded,
+    _await,
     call_function,
+    is_async,
     resolve_function,
 )
 from chancy_core.job import Limit, QueuedJob
@@ -88,7 +95,9 @@ def _child_main(conn: Connection) -> None:
         try:
             func = resolve_function(func_name)
             call = call_function(func, kwargs, job)
-            result = asyncio.run(call()) if inspect.iscoroutinefunction(func) else call()
+            result = asyncio.run(call()) if is_async(func) else call()
+            if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                result = asyncio.run(_await(result))
             outcome = ("ok", _dumps(result))
         except BaseException as exc:
             text = "".join(traceback.format_exception(exc))
@@ -116,7 +125,9 @@ class _Child:
 
     async def discard(self) -> None:
         """Kill the child and reap it, without blocking the event loop (shielded: this
-        runs while the job's own scope is being cancelled)."""
+        runs while the job's own scope is being cancelled). Idempotent."""
+        if self.conn.closed:
+            return
         with anyio.CancelScope(shield=True):
             if self.process.exitcode is None:
                 self.process.kill()

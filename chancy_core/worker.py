@@ -113,6 +113,15 @@ def _is_cancellation(exc: BaseException) -> bool:
     return False
 
 
+def _nothing() -> None:
+    """No time limit to start."""
+
+
+def _deadline(scope: anyio.CancelScope, seconds: float) -> None:
+    """Start a job's time limit: its scope is cancelled ``seconds`` from now."""
+    scope.deadline = anyio.current_time() + seconds
+
+
 def _storable(text: str) -> str:
     """``text`` as PostgreSQL can store it: no NUL character, no lone surrogate."""
     if not text.isascii():
@@ -919,15 +928,14 @@ class Worker:
             stopped: BaseException | None = None
             try:
                 with scope:
-                    if seconds is not None:
-                        scope.deadline = anyio.current_time() + seconds
+                    started = _nothing if seconds is None else partial(_deadline, scope, seconds)
                     if self._wrappers:
                         async with AsyncExitStack() as stack:
                             for cm in self._wrap(job):
                                 await stack.enter_async_context(cm)
-                            result = await loop.executor.run(job, func, kwargs)
+                            result = await loop.executor.run(job, func, kwargs, started)
                     else:
-                        result = await loop.executor.run(job, func, kwargs)
+                        result = await loop.executor.run(job, func, kwargs, started)
             except Exception as exc:
                 if not scope.cancel_called:
                     if isinstance(exc, TypeError) and not _accepts(func, kwargs):

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from systems._common import record_probe
 
 from chancy_core import Chancy, Job, Queue, Worker
+from systems._common import record_probe
 
 # The repository root, installed editable so every run measures the working tree.
 REQUIREMENTS = ("--editable", "{repo}")

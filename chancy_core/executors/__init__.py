@@ -60,11 +60,19 @@ class JobCrashed(Exception):
 class Executor(Protocol):
     """What the worker needs of an executor."""
 
-    async def run(self, job: QueuedJob, func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    async def run(
+        self,
+        job: QueuedJob,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        started: Callable[[], None],
+    ) -> Any:
         """Run ``func(**kwargs)`` for ``job``; return its result or raise its exception.
 
-        Must stop promptly when cancelled (that is how time limits and
-        cancellation work)."""
+        Call ``started()`` when the function is dispatched (after waiting for a
+        free thread or process): the job's time limit counts from then. Must
+        stop promptly when cancelled (that is how time limits and cancellation
+        work)."""
         ...
 
     async def aclose(self) -> None:
@@ -153,8 +161,15 @@ class LocalExecutor:
     def __init__(self, concurrency: int, options: dict[str, Any]) -> None:
         self.limiter = anyio.CapacityLimiter(concurrency)
 
-    async def run(self, job: QueuedJob, func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    async def run(
+        self,
+        job: QueuedJob,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        started: Callable[[], None],
+    ) -> Any:
         call = call_function(func, kwargs, job)
+        started()
         if is_async(func):
             return await call()
         result = await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self.limiter)

@@ -161,12 +161,19 @@ class ProcessExecutor:
             await child.discard()  # died while idle (killed from outside)
         return await anyio.to_thread.run_sync(_Child, self.ctx)
 
-    async def run(self, job: QueuedJob, func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    async def run(
+        self,
+        job: QueuedJob,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        started: Callable[[], None],
+    ) -> Any:
         memory = min(
             (lim.value for lim in job.limits if lim.type_ is Limit.Type.MEMORY), default=None
         )
         async with self.limiter:
-            child = await self._take()
+            child = await self._take()  # starting a process does not count against the limit
+            started()
             self.busy.add(child)
             healthy = False
             try:

@@ -319,6 +319,7 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``chancy`` command; returns the exit status."""
+    from_command_line = argv is None  # the process is the command's own: it may end it
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         pm = build_plugin_manager(None)
@@ -343,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         status = anyio.run(run)
-        if args.command == "worker":
+        if args.command == "worker" and from_command_line:
             leave_abandoned_threads(status)
         return status
     except ChancyError as exc:

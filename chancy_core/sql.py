@@ -274,7 +274,9 @@ WITH outcome AS (
         taken_by = NULL,
         cancelled_at = NULL
     FROM outcome AS o
-    WHERE j.id = o.id AND j.state = 'running' AND j.taken_by = %(worker_id)s
+    -- IS NOT DISTINCT FROM: a filter, not an index condition, so the plan looks each job
+    -- up by primary key instead of scanning all of this worker's running rows.
+    WHERE j.id = o.id AND j.state = 'running' AND j.taken_by IS NOT DISTINCT FROM %(worker_id)s
       AND j.attempts = o.attempt
     RETURNING j.id, j.state
 ), notified AS (

@@ -140,7 +140,7 @@ class _Running:
 
 @dataclass(eq=False)
 class _Outcome:
-    id: uuid.UUID
+    id: str
     attempt: int
     state: str
     error: str | None
@@ -610,7 +610,7 @@ class Worker:
             return
         known = {r.job.id for loop in self._all_loops() for r in loop.running}
         known |= self._finishing
-        known.update(str(o.id) for o in self._outcomes)
+        known.update(o.id for o in self._outcomes)
         orphans = [i for i in ids if str(i) not in known]
         if orphans:
             log.warning(
@@ -846,7 +846,7 @@ class Worker:
         except Exception as exc:  # a row written by hand that is not a valid job
             self._record(
                 _Outcome(
-                    row[0],
+                    str(row[0]),
                     row[7],
                     "failed",
                     _storable(f"invalid job row, not run: {exc}"),
@@ -1030,7 +1030,7 @@ class Worker:
                 )
         self._record(
             _Outcome(
-                uuid.UUID(job.id),
+                job.id,
                 job.attempts,
                 state.value,
                 text,

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from typing import Any
@@ -363,7 +364,11 @@ def leave_abandoned_threads(status: int) -> None:
     once ends it with the process. Call this after ``Worker.serve()`` returns in a
     process of your own that serves thread queues."""
     current = threading.current_thread()
-    if any(t is not current and not t.daemon and t.is_alive() for t in threading.enumerate()):
+    others = [t for t in threading.enumerate() if t is not current and not t.daemon]
+    deadline = time.monotonic() + 1.0  # idle pool threads are ending: give them a moment
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in others):
         logging.getLogger(__name__).warning(
             "threads still run after the worker stopped (abandoned jobs); exiting without them"
         )

@@ -258,10 +258,9 @@ UPDATE {queue_rates} SET used = greatest(used - %(unused)s, 0) WHERE queue = %(q
 # state 'running', at the attempt it ran, is changed.
 COMPLETE_JOBS: LiteralString = """
 WITH outcome AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[],
-                         %(errors)s::text[], %(scheduled_at)s::timestamptz[],
-                         %(metas)s::jsonb[])
-        AS o(id, attempt, state, error, scheduled_at, meta)
+    -- One JSON array of outcomes: encoding it is far cheaper than six parameter arrays.
+    SELECT * FROM json_to_recordset(%(outcomes)s::json)
+        AS o(id uuid, attempt int, state text, error text, scheduled_at timestamptz, meta text)
 ), done AS (
     UPDATE {jobs} AS j
     SET state = o.state,
@@ -270,7 +269,7 @@ WITH outcome AS (
                       ELSE j.errors || jsonb_build_array(jsonb_build_object(
                           'attempt', j.attempts, 'traceback', o.error)) END,
         scheduled_at = coalesce(o.scheduled_at, j.scheduled_at),
-        meta = coalesce(o.meta, j.meta),
+        meta = coalesce(o.meta::jsonb, j.meta),
         taken_by = NULL,
         cancelled_at = NULL
     FROM outcome AS o
@@ -286,7 +285,7 @@ WITH outcome AS (
         HAVING count(*) > 0
     ) AS finished
 )
-SELECT done.id FROM done, notified
+SELECT count(*) FROM done, notified
 """
 
 # Put a worker's running jobs back to run again (graceful shutdown, lost jobs).

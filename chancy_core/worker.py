@@ -97,6 +97,7 @@ log = logging.getLogger(__name__)
 TRANSIENT = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
+    psycopg.InternalError,  # "got no result from the query": a connection lost mid-query
     PoolTimeout,
     DatabaseUnavailableError,
     OSError,
@@ -111,6 +112,9 @@ def _is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_cancellation(e) for e in exc.exceptions)
     return False
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _nothing() -> None:
@@ -147,6 +151,17 @@ class _Outcome:
     scheduled_at: datetime | None  # None: keep the row's (a retry that is due at once)
     meta: str | None
     queue: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The outcome as ``COMPLETE_JOBS`` reads it (absent keys are NULL)."""
+        found: dict[str, Any] = {"id": self.id, "attempt": self.attempt, "state": self.state}
+        if self.error is not None:
+            found["error"] = self.error
+        if self.scheduled_at is not None:
+            found["scheduled_at"] = self.scheduled_at.isoformat()
+        if self.meta is not None:
+            found["meta"] = self.meta
+        return found
 
 
 def _accepts(func: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
@@ -1074,12 +1089,7 @@ class Worker:
 
     async def _write(self, batch: list[_Outcome]) -> None:
         params = {
-            "ids": [o.id for o in batch],
-            "attempts": [o.attempt for o in batch],
-            "states": [o.state for o in batch],
-            "errors": [o.error for o in batch],
-            "scheduled_at": [o.scheduled_at for o in batch],
-            "metas": [o.meta for o in batch],
+            "outcomes": _encode([o.as_json() for o in batch]),
             "worker_id": self.worker_id,
             "channel": self._schema.channel,
         }

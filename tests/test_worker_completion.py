@@ -27,7 +27,7 @@ async def test_outcomes_are_written_in_batches(chancy, run_worker):
 
             async def spy(statement, params):
                 if statement == complete:
-                    writes.append(len(params["ids"]))
+                    writes.append(len(json.loads(params["outcomes"])))
                 return await original(statement, params)
 
             worker._with_conn = spy

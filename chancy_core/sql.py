@@ -68,10 +68,18 @@ INSERT_JOBS: LiteralString = """
 WITH ins AS (
     INSERT INTO {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at,
                         limits, unique_key)
-    SELECT * FROM unnest(
+    SELECT id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at, limits,
+           unique_key
+    FROM unnest(
         %(ids)b::uuid[], %(queues)b::text[], %(funcs)b::text[], %(kwargs)b::jsonb[],
         %(metas)b::jsonb[], %(priorities)b::int[], %(max_attempts)b::int[],
         %(scheduled_at)b::timestamptz[], %(limits)b::jsonb[], %(unique_keys)b::text[])
+        WITH ORDINALITY AS u (id, queue, func, kwargs, meta, priority, max_attempts,
+                              scheduled_at, limits, unique_key, n)
+    -- In key order: concurrent pushes of the same unique keys then wait for each other
+    -- instead of deadlocking (each waiting for a key the other inserted first). Among
+    -- jobs of one key, the first pushed is inserted (and kept).
+    ORDER BY u.unique_key, u.n
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('pending', 'running', 'retrying')
         DO NOTHING

@@ -49,6 +49,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -341,6 +342,7 @@ class Worker:
         self._finishing: set[str] = set()  # ids of jobs that ran, their outcome not recorded
         self._register_lock = anyio.Lock()  # the heartbeat never re-registers after shutdown
         self._unregistered = False
+        self._idle_runners = 0  # runner tasks waiting for a job (see _runner)
 
     # --- running -------------------------------------------------------------------------
 
@@ -408,7 +410,11 @@ class Worker:
                 # Safe side: no leader-only task runs until a plugin makes this worker lead.
                 log.exception("a plugin failed in chancy_elects_leader; waiting for a leader")
                 self._elects = True
-            async with anyio.create_task_group() as tg:
+            # Claimed jobs handed over to idle runner tasks (see _runner).
+            self._to_run, self._ready = anyio.create_memory_object_stream[
+                tuple[_QueueLoop, _Running]
+            ](math.inf)
+            async with self._to_run, self._ready, anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self._listen)
                 tg.start_soon(self._heartbeat)
@@ -873,7 +879,21 @@ class Worker:
             return
         running = _Running(job)
         loop.running.add(running)
-        self._tg.start_soon(self._run_job, loop, running)
+        if self._idle_runners:
+            self._idle_runners -= 1
+            self._to_run.send_nowait((loop, running))
+        else:
+            self._tg.start_soon(self._runner, loop, running)
+
+    async def _runner(self, loop: _QueueLoop, running: _Running) -> None:
+        """Run jobs one after the other: this one, then those handed over by ``_start_job``.
+
+        Runners are kept once started (as many as jobs ever ran at once), so a job costs a
+        hand-over, not a new task."""
+        while True:
+            await self._run_job(loop, running)
+            self._idle_runners += 1
+            loop, running = await self._ready.receive()
 
     # --- running a job -------------------------------------------------------------------
 

@@ -91,6 +91,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The chaos suite: faults, load, hostile input (chaos/README.md); `-- --short` for CI."""
+    session.install("-e", ".[dev,embedded]", "-e", plugin_path("chancy-plugin-recovery"))
+    session.run("pytest", "chaos", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def embedded(session: nox.Session) -> None:
     """The database tests once more, on the embedded server instead of CHANCY_TEST_DSN."""
     session.install("-e", ".[dev,embedded]")

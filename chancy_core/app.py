@@ -184,6 +184,15 @@ def job_from_row(row: Sequence[Any]) -> QueuedJob:
 
 
 _STATES = {state.value: state for state in QueuedJob.State}
+
+
+def _lost_connection(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` means the connection failed (not, say, a deadlock, which is also an
+    ``OperationalError``): no SQLSTATE, connection exceptions (08) or a shutdown (57P)."""
+    state = exc.sqlstate
+    return state is None or state.startswith(("08", "57P"))
+
+
 _decode = json.JSONDecoder().decode
 
 
@@ -410,7 +419,7 @@ class Chancy:
                 f"the tables of prefix {self.schema.prefix!r} do not exist: run"
                 " `await chancy.migrate()` or `chancy migrate` first"
             )
-        if isinstance(exc, psycopg.OperationalError):
+        if isinstance(exc, psycopg.OperationalError) and _lost_connection(exc):
             return self._unavailable(exc)
         return exc
 

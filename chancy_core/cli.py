@@ -32,7 +32,7 @@ from chancy_core.plugins import build_plugin_manager, registered
 from chancy_core.queue import EXECUTORS, Queue
 from chancy_core.worker import Worker
 
-__all__ = ["main"]
+__all__ = ["add_job_arguments", "job_from_arguments", "main"]
 
 Handler = Callable[[Chancy, argparse.Namespace], Awaitable[int]]
 
@@ -139,21 +139,37 @@ def _queue_change(action: str) -> Handler:
     return change
 
 
-async def _job_push(app: Chancy, args: argparse.Namespace) -> int:
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments that describe a job (``func``, ``--kwargs``, ``--queue``,
+    ``--priority``, ``--max-attempts``); read them back with :func:`job_from_arguments`.
+    Plugins' commands that take a job use the pair too."""
+    parser.add_argument("func", help="importable function, e.g. myapp.tasks.send")
+    parser.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
+    parser.add_argument("--queue", default="default")
+    parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument("--max-attempts", type=int, default=1)
+
+
+def job_from_arguments(args: argparse.Namespace, **fields: Any) -> Job:
+    """The job described by :func:`add_job_arguments`'s arguments (plus ``fields``)."""
     try:
         kwargs = json.loads(args.kwargs)
     except ValueError as exc:
         raise ChancyError(
             f"--kwargs is not valid JSON ({exc}): e.g. --kwargs '{{\"x\": 1}}'"
         ) from None
-    job = Job(
+    return Job(
         func=args.func,
         queue=args.queue,
         kwargs=kwargs,
         priority=args.priority,
         max_attempts=args.max_attempts,
-        unique_key=args.unique_key,
+        **fields,
     )
+
+
+async def _job_push(app: Chancy, args: argparse.Namespace) -> int:
+    job = job_from_arguments(args, unique_key=args.unique_key)
     print((await app.push(job)).identifier)
     return 0
 
@@ -297,11 +313,7 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION"
     )
     push = job.add_parser("push", help="push a job; prints its reference")
-    push.add_argument("func", help="importable function, e.g. myapp.tasks.send")
-    push.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
-    push.add_argument("--queue", default="default")
-    push.add_argument("--priority", type=int, default=0)
-    push.add_argument("--max-attempts", type=int, default=1)
+    add_job_arguments(push)
     push.add_argument("--unique-key", default=None)
     push.set_defaults(handler=_job_push)
     for action, handler in (("get", _job_get), ("cancel", _job_cancel), ("wait", _job_wait)):

@@ -44,6 +44,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
 from chancy_core import Chancy, Job, Reference, hookimpl
+from chancy_core.cli import add_job_arguments, job_from_arguments
 from chancy_core.errors import DatabaseUnavailableError, InvalidJobError
 from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_cron import queries as q
@@ -392,11 +393,7 @@ def _register_commands(subparsers: Any) -> None:
     )
     add.add_argument("name", help="the schedule's unique name")
     add.add_argument("cron", help='the cron expression, e.g. "*/5 * * * *"')
-    add.add_argument("func", help="importable function, e.g. myapp.tasks.send")
-    add.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
-    add.add_argument("--queue", default="default")
-    add.add_argument("--priority", type=int, default=0)
-    add.add_argument("--max-attempts", type=int, default=1)
+    add_job_arguments(add)
     add.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
     add.set_defaults(handler=_cli_add)
     remove = cron.add_parser("remove", help="remove a schedule")
@@ -408,19 +405,7 @@ def _register_commands(subparsers: Any) -> None:
 
 
 async def _cli_add(app: Chancy, args: argparse.Namespace) -> int:
-    try:
-        kwargs = json.loads(args.kwargs)
-    except ValueError as exc:
-        raise CronError(
-            f"--kwargs is not valid JSON ({exc}): e.g. --kwargs '{{\"x\": 1}}'"
-        ) from None
-    job = Job(
-        func=args.func,
-        queue=args.queue,
-        kwargs=kwargs,
-        priority=args.priority,
-        max_attempts=args.max_attempts,
-    )
+    job = job_from_arguments(args)
     schedule = await Cron.add(app, args.name, args.cron, job, timezone=args.timezone)
     next_run = schedule.next_run.isoformat() if schedule.next_run else "never"
     print(f"scheduled {schedule.name}: next run {next_run}")

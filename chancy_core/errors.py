@@ -6,7 +6,11 @@ its default message, and each message says what to do about it.
 
 from __future__ import annotations
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 __all__ = [
+    "TRANSIENT_ERRORS",
     "ChancyError",
     "ConfigurationError",
     "DatabaseUnavailableError",
@@ -66,3 +70,15 @@ class PluginError(ChancyError):
 
 class WorkerError(ChancyError):
     """The worker could not do what was asked."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.InternalError,  # "got no result from the query": a connection lost mid-query
+    PoolTimeout,
+    DatabaseUnavailableError,
+    OSError,
+)
+"""Errors that mean the database is away for now: background loops (the worker's and
+plugins') log them and try again later."""

@@ -67,11 +67,11 @@ import anyio
 import anyio.abc
 import psycopg
 from psycopg import sql
-from psycopg_pool import PoolTimeout
 
 from chancy_core import sql as q
 from chancy_core.app import Chancy, job_from_row, queue_from_row
 from chancy_core.errors import (
+    TRANSIENT_ERRORS,
     ConfigurationError,
     DatabaseUnavailableError,
     JobNotAllowedError,
@@ -95,14 +95,7 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 
 #: Errors that mean "the database is unreachable right now": retried with backoff.
-TRANSIENT = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    psycopg.InternalError,  # "got no result from the query": a connection lost mid-query
-    PoolTimeout,
-    DatabaseUnavailableError,
-    OSError,
-)
+TRANSIENT = TRANSIENT_ERRORS
 _MAX_BACKOFF = 5.0
 
 

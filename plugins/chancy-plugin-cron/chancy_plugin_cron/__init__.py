@@ -41,11 +41,10 @@ from typing import TYPE_CHECKING, Any, LiteralString
 import anyio
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import PoolTimeout
 
 from chancy_core import Chancy, Job, Reference, hookimpl
 from chancy_core.cli import add_job_arguments, job_from_arguments
-from chancy_core.errors import DatabaseUnavailableError, InvalidJobError
+from chancy_core.errors import TRANSIENT_ERRORS, InvalidJobError
 from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_cron import queries as q
 from chancy_plugin_cron.times import (
@@ -68,7 +67,7 @@ META_KEY = "cron"
 """The key of ``Job.meta`` this plugin owns."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
-_TRANSIENT = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailableError, OSError)
+_TRANSIENT = TRANSIENT_ERRORS
 
 Rows = builtins.list[tuple[Any, ...]]
 Operation = Generator[tuple[bytes, dict[str, Any]], Rows, Any]

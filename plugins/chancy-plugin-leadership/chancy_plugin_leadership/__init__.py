@@ -40,10 +40,9 @@ from typing import TYPE_CHECKING, LiteralString
 
 import anyio
 import psycopg
-from psycopg_pool import PoolTimeout
 
 from chancy_core import hookimpl
-from chancy_core.errors import ConfigurationError, DatabaseUnavailableError
+from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError
 from chancy_core.hookspecs import RegisterTask
 from chancy_core.migrations import MigrationSet, load_migrations
 
@@ -58,13 +57,7 @@ KEY = "leadership"
 """The plugin's name (it keeps nothing in ``Job.meta``)."""
 
 #: Errors that mean the database is away for now: the attempt failed, the next one may not.
-_TRANSIENT = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    PoolTimeout,
-    DatabaseUnavailableError,
-    OSError,
-)
+_TRANSIENT = TRANSIENT_ERRORS
 
 # Take or renew the lease: succeeds (returns a row) only for its holder or once it expired.
 ACQUIRE: LiteralString = """

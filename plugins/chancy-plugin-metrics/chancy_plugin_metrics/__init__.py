@@ -31,11 +31,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import psycopg
-from psycopg_pool import PoolTimeout
 
 from chancy_core import Chancy, QueuedJob, hookimpl
-from chancy_core.errors import ConfigurationError, DatabaseUnavailableError
+from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError
 from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_metrics import queries as q
 from chancy_plugin_metrics.exposition import Histogram, sample
@@ -58,7 +56,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 """Histogram upper bounds, in seconds, for run and wait times."""
 
-_TRANSIENT = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailableError, OSError)
+_TRANSIENT = TRANSIENT_ERRORS
 _MAX_TIMINGS = 10_000
 _RETRY_LISTEN = 30.0
 _WAITING = (QueuedJob.State.PENDING, QueuedJob.State.RETRYING)

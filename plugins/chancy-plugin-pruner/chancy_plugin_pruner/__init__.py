@@ -26,11 +26,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, LiteralString
 
 import anyio
-import psycopg
-from psycopg_pool import PoolTimeout
 
 from chancy_core import QueuedJob, hookimpl
-from chancy_core.errors import ConfigurationError, DatabaseUnavailableError
+from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError
 from chancy_core.hookspecs import RegisterTask
 from chancy_core.migrations import MigrationSet, load_migrations
 
@@ -53,13 +51,7 @@ DEFAULT_RETENTION: Mapping[str, timedelta] = {
 """What :class:`Pruner` keeps when given no ``retention``."""
 
 #: Errors that mean the database is away for now: logged, and tried again next round.
-_TRANSIENT = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    PoolTimeout,
-    DatabaseUnavailableError,
-    OSError,
-)
+_TRANSIENT = TRANSIENT_ERRORS
 
 # One bounded batch of one final state, oldest first. The state is checked again as rows
 # are deleted (and they are locked as they are chosen), so only finished rows ever go.

@@ -36,11 +36,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 import anyio
-import psycopg
-from psycopg_pool import PoolTimeout
 
 from chancy_core import Job, hookimpl
-from chancy_core.errors import ConfigurationError, DatabaseUnavailableError, InvalidJobError
+from chancy_core.errors import (
+    TRANSIENT_ERRORS,
+    ConfigurationError,
+    InvalidJobError,
+)
 from chancy_core.hookspecs import RegisterTask
 
 if TYPE_CHECKING:
@@ -56,13 +58,7 @@ KEY = "recovery"
 J = TypeVar("J", bound=Job)
 
 #: Errors that mean the database is away for now: logged, and tried again next round.
-_TRANSIENT = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    PoolTimeout,
-    DatabaseUnavailableError,
-    OSError,
-)
+_TRANSIENT = TRANSIENT_ERRORS
 
 # One statement, fenced: select the stale running rows (locking them, skipping rows a
 # worker is writing right now), then update only those still running under the same

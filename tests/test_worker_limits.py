@@ -66,6 +66,10 @@ async def test_time_limit_kills_the_process(chancy, run_worker, tmp_path):
     with anyio.fail_after(15):
         await chancy.declare(Queue("q", executor="process", polling_interval=0.1))
         async with run_worker(chancy):
+            # Warm the child up first: importing the job's module on a loaded machine can
+            # take longer than the 1 s limit, which would stop the job before it wrote.
+            warm = await chancy.push(s.make_job(s.sync_add, "q", a=1, b=1))
+            await s.wait_state(chancy, warm, "succeeded", timeout=10)
             ref = await chancy.push(
                 s.make_job(s.pid_then_sleep, "q", path=str(pidfile), seconds=30).with_limits(
                     TIME_LIMIT

@@ -1,0 +1,260 @@
+"""Runs one phase for one system inside that system's venv; ``run.py`` starts it.
+
+    python harness.py phase --system pgqueuer --phase process --workers 2 --jobs 100000 \\
+        --dsn URL --admin-dsn URL --deadline 400
+    python harness.py worker --system pgqueuer --dsn URL
+
+``phase`` prints one JSON object as its last line of stdout: the figures, or ``{"error": ...}``.
+``worker`` runs one worker of the system until it is terminated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from systems._common import PROBE_FILE_ENV, Adapter, Client
+
+BATCH_SIZE = 1000
+POLL_INTERVAL = 0.05  # seconds between progress polls, the same for every system
+LATENCY_SAMPLES = 200
+LATENCY_WARMUP = 5  # probes run (and discarded) before sampling, so the worker is up and warm
+SAMPLE_TIMEOUT = 10.0  # seconds one probe may take before the phase fails
+WARMUP_TIMEOUT = 60.0  # seconds the worker has to start and run its first probe
+STOP_GRACE = 10.0  # seconds a worker has to exit after SIGTERM before it is killed
+
+
+class PhaseError(Exception):
+    """The phase ran but its result cannot be trusted (timeout, lost jobs, dead worker)."""
+
+
+def load_adapter(system: str) -> Adapter:
+    """Import ``systems.<module>`` for a system name (``procrastinate`` -> ``procrastinate_``)."""
+    for module in (system, f"{system}_"):
+        if (Path(__file__).parent / "systems" / f"{module}.py").exists():
+            return cast(Adapter, importlib.import_module(f"systems.{module}"))
+    raise PhaseError(f"no adapter systems/{system}.py")
+
+
+def reset_database(admin_dsn: str, dsn: str) -> None:
+    """Drop and re-create the database ``dsn`` names."""
+    name = sql.Identifier(str(conninfo_to_dict(dsn)["dbname"]))
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+
+
+async def fetch_row(conn: psycopg.AsyncConnection[Any], query: str) -> tuple[int, ...]:
+    """Run one of an adapter's counting queries; return its single row."""
+    # Bytes: the adapters' queries are constants, but psycopg types ``str`` queries as literals.
+    row = await (await conn.execute(query.encode())).fetchone()
+    assert row is not None
+    return tuple(int(value) for value in row)
+
+
+@contextmanager
+def workers(
+    system: str, dsn: str, count: int, env: dict[str, str] | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start ``count`` worker processes (same process group as this one); stop them on exit.
+
+    Stopping sends SIGTERM and, after ``STOP_GRACE`` seconds, SIGKILL.
+    """
+    command = [sys.executable, __file__, "worker", "--system", system, "--dsn", dsn]
+    procs = [subprocess.Popen(command, env=env) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        stop_by = time.monotonic() + STOP_GRACE
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, stop_by - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def prepare(adapter: Adapter, args: argparse.Namespace) -> None:
+    """Fresh database, migrated with the system's own installer."""
+    reset_database(args.admin_dsn, args.dsn)
+    await adapter.migrate(args.dsn)
+
+
+async def phase_bulk(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
+    """Time the bulk enqueue of ``--jobs`` jobs in batches of ``BATCH_SIZE``."""
+    await prepare(adapter, args)
+    async with adapter.connect(args.dsn) as client:
+        started = time.perf_counter()
+        await client.enqueue_bulk(args.jobs, BATCH_SIZE)
+        seconds = time.perf_counter() - started
+    async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
+        _, unfinished = await fetch_row(conn, adapter.PROGRESS_SQL)
+    if unfinished != args.jobs:
+        raise PhaseError(f"{unfinished} jobs queued, expected {args.jobs}")
+    return {"jobs_per_s": args.jobs / seconds, "seconds": seconds}
+
+
+async def phase_process(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
+    """Queue ``--jobs`` jobs, ANALYZE, start ``--workers`` workers, time first claim -> all done."""
+    await prepare(adapter, args)
+    async with adapter.connect(args.dsn) as client:
+        await client.enqueue_bulk(args.jobs, BATCH_SIZE)
+    async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
+        await conn.execute("ANALYZE")
+        with workers(args.system, args.dsn, args.workers) as procs:
+            first_claim, finished = await watch(conn, adapter, args, procs)
+        (succeeded,) = await fetch_row(conn, adapter.SUCCEEDED_SQL)
+    if succeeded != args.jobs:
+        raise PhaseError(f"{succeeded} of {args.jobs} jobs succeeded")
+    seconds = finished - first_claim
+    return {"jobs_per_s": args.jobs / seconds, "seconds": seconds}
+
+
+async def watch(
+    conn: psycopg.AsyncConnection[Any],
+    adapter: Adapter,
+    args: argparse.Namespace,
+    procs: list[subprocess.Popen[bytes]],
+) -> tuple[float, float]:
+    """Poll progress every ``POLL_INTERVAL``; return (first claim seen, all finished seen)."""
+    first_claim: float | None = None
+    deadline = time.monotonic() + args.deadline
+    next_poll = time.monotonic()
+    while True:
+        waiting, unfinished = await fetch_row(conn, adapter.PROGRESS_SQL)
+        now = time.monotonic()
+        if first_claim is None and waiting < args.jobs:
+            first_claim = now
+        if unfinished == 0 and first_claim is not None:
+            return first_claim, now
+        if all(proc.poll() is not None for proc in procs):
+            raise PhaseError(f"all workers exited; {unfinished} of {args.jobs} jobs unfinished")
+        if now > deadline:
+            raise PhaseError(
+                f"timeout after {args.deadline:.0f}s; {unfinished} of {args.jobs} jobs unfinished"
+            )
+        next_poll += POLL_INTERVAL
+        await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
+
+
+async def wait_for_lines(path: Path, count: int, timeout: float) -> None:
+    """Wait until the probe file holds ``count`` lines, checking every millisecond."""
+    give_up = time.monotonic() + timeout
+    while path.read_bytes().count(b"\n") < count:
+        if time.monotonic() > give_up:
+            raise PhaseError(f"probe {count} not run within {timeout:.0f}s")
+        await asyncio.sleep(0.001)
+
+
+async def phase_latency(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
+    """One idle worker; push ``LATENCY_SAMPLES`` probes one at a time; report start - push."""
+    await prepare(adapter, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe_file = Path(tmp) / "probes.txt"
+        probe_file.touch()
+        env = {**os.environ, PROBE_FILE_ENV: str(probe_file)}
+        with workers(args.system, args.dsn, 1, env):
+            async with adapter.connect(args.dsn) as client:
+                await push_probes(client, probe_file)
+        # Probes run one at a time, so the file is in push order; skip the warm-up ones.
+        lines = probe_file.read_text().splitlines()[LATENCY_WARMUP:]
+    latencies = [
+        (started - pushed) * 1000
+        for pushed, started in (map(float, line.split()) for line in lines)
+    ]
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "p50_ms": cuts[49],
+        "p95_ms": cuts[94],
+        "p99_ms": cuts[98],
+        "mean_ms": statistics.fmean(latencies),
+        "samples": len(latencies),
+    }
+
+
+async def push_probes(client: Client, probe_file: Path) -> None:
+    """Push the warm-up and then the sample probes, each once the previous one has run."""
+    rng = random.Random(0)
+    for done in range(1, LATENCY_WARMUP + LATENCY_SAMPLES + 1):
+        await client.push_probe(time.time())
+        await wait_for_lines(probe_file, done, WARMUP_TIMEOUT if done == 1 else SAMPLE_TIMEOUT)
+        # A random idle gap, so a polling worker is sampled at every point of its period.
+        await asyncio.sleep(rng.uniform(0.05, 0.15))
+
+
+PHASES = {"bulk": phase_bulk, "process": phase_process, "latency": phase_latency}
+
+
+def versions(names: list[str]) -> dict[str, str]:
+    """Installed versions of the named distributions."""
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def main() -> None:
+    """Parse the command line and run ``phase``, ``worker`` or ``versions``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    phase = commands.add_parser("phase", help="run one phase, print its figures as JSON")
+    phase.add_argument("--system", required=True)
+    phase.add_argument("--phase", choices=sorted(PHASES), required=True)
+    phase.add_argument("--jobs", type=int, required=True)
+    phase.add_argument("--workers", type=int, default=1)
+    phase.add_argument("--dsn", required=True, help="URL of the system's own database")
+    phase.add_argument(
+        "--admin-dsn", required=True, help="URL of a database to drop/create it from"
+    )
+    phase.add_argument("--deadline", type=float, required=True, help="seconds processing may take")
+    worker = commands.add_parser("worker", help="run one worker until terminated")
+    worker.add_argument("--system", required=True)
+    worker.add_argument("--dsn", required=True)
+    info = commands.add_parser("versions", help="import the adapter, print versions as JSON")
+    info.add_argument("--system", required=True)
+    info.add_argument("names", nargs="*", help="distribution names")
+    args = parser.parse_args()
+
+    logging.basicConfig(level=logging.WARNING)
+    adapter = load_adapter(args.system)
+    if args.command == "worker":
+        adapter.run_worker(args.dsn)
+    elif args.command == "versions":
+        print(json.dumps(versions(args.names)))
+    else:
+        try:
+            result = asyncio.run(PHASES[args.phase](adapter, args))
+        except Exception as exc:  # reported to the driver, which records it and goes on
+            traceback.print_exc()
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

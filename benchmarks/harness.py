@@ -32,6 +32,7 @@ from typing import Any, cast
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+
 from systems._common import PROBE_FILE_ENV, Adapter, Client
 
 BATCH_SIZE = 1000

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import anyio
 
 from chancy_core import Chancy, Job, Queue, Worker
+
 from systems._common import record_probe
 
 # The repository root, installed editable so every run measures the working tree.

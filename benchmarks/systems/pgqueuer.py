@@ -9,6 +9,7 @@ import asyncpg
 import uvloop
 from pgqueuer import PgQueuer, Queries
 from pgqueuer.models import Job
+
 from systems._common import record_probe
 
 REQUIREMENTS = ("pgqueuer==1.6.0", "asyncpg==0.32.0", "uvloop")

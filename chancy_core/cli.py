@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+from importlib.metadata import entry_points
 from typing import Any
 
 import anyio
@@ -28,7 +27,7 @@ import anyio
 from chancy_core.app import Chancy
 from chancy_core.errors import ChancyError
 from chancy_core.job import Job
-from chancy_core.plugins import build_plugin_manager, registered
+from chancy_core.plugins import ENTRY_POINT_GROUP, build_plugin_manager, registered
 from chancy_core.queue import EXECUTORS, Queue
 from chancy_core.worker import Worker
 
@@ -199,21 +198,22 @@ async def _job_cancel(app: Chancy, args: argparse.Namespace) -> int:
 
 def _plugins(args: argparse.Namespace) -> int:
     pm = build_plugin_manager(None, autoload=None)
-    dists = packages_distributions()
-    found = False
+    dists = {ep.name: ep.dist for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    rows: list[tuple[str, str, str]] = []
     for name, plugin in registered(pm):
-        found = True
-        module = inspect.getmodule(plugin) or inspect.getmodule(type(plugin))
-        top = (module.__name__ if module else "").split(".")[0]
-        dist_name = (dists.get(top) or ["?"])[0]
-        try:
-            version = distribution(dist_name).version
-        except PackageNotFoundError:
-            version = "?"
-        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        print(f"{name}\t{dist_name} {version}\t{', '.join(hooks)}")
-    if not found:
-        print("no plugins installed (pip install chancy-plugin-<name>)")
+        dist = dists.get(name)
+        source = f"{dist.name} {dist.version}" if dist else "(not installed: given in code)"
+        implemented = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        rows.append((name, source, ", ".join(implemented)))
+    if not rows:
+        print(
+            f"no plugins installed (pip install chancy-plugin-<name>; group {ENTRY_POINT_GROUP!r})"
+        )
+        return 0
+    widths = [max(len(row[i]) for row in [("PLUGIN", "DISTRIBUTION", ""), *rows]) for i in (0, 1)]
+    print(f"{'PLUGIN':<{widths[0]}}  {'DISTRIBUTION':<{widths[1]}}  HOOKS")
+    for name, source, hooks in rows:
+        print(f"{name:<{widths[0]}}  {source:<{widths[1]}}  {hooks}")
     return 0
 
 

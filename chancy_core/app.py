@@ -79,8 +79,8 @@ def mask_dsn(dsn: str) -> str:
     """Return ``dsn`` with any password replaced by ``***``."""
 
     def hide(match: re.Match[str]) -> str:
-        if match[1] is not None:
-            return f"{match[1]}***{match[3]}"
+        if match[1] is not None:  # user:password@ (an empty password stays empty)
+            return f"{match[1]}{'***' if match[2] else ''}{match[3]}"
         return f"{match[4]}***"
 
     return _SECRET.sub(hide, dsn)

@@ -237,6 +237,13 @@ class WorkerProcess:
         return ""
 
 
+async def stop_workers(workers: list[WorkerProcess], timeout: float = 20) -> list[int | None]:
+    """SIGTERM every worker, then wait for each; return their exit codes."""
+    for worker in workers:
+        worker.terminate()
+    return [await worker.wait(timeout) for worker in workers]
+
+
 def worker_config(dsn: str, worker_id: str, **options: Any) -> dict[str, Any]:
     """A worker's configuration: its connections are named ``chaos_worker_<id>`` (so that
     the network test can find them), the jobs' own are not."""

@@ -113,9 +113,7 @@ async def test_killed_workers_lose_no_job_and_never_run_one_twice_at_once(
         )
         drained = time.monotonic() - drain_began
         await h.wait_registered(database, [w.worker_id for w in live])  # SIGTERM handled
-        for worker in live:
-            worker.terminate()
-        codes = [await worker.wait(20) for worker in live]
+        codes = await h.stop_workers(live)
 
     result = await h.analyze(database)
     interrupted = await h.scalar(

@@ -185,9 +185,7 @@ async def test_workers_and_waiters_survive_database_restarts(mode, report, fleet
                     every=0.5,
                 )
             alive = [w.alive() for w in workers]
-            for worker in workers:
-                worker.terminate()
-            codes = [await worker.wait(20) for worker in workers]
+            codes = await h.stop_workers(workers)
 
         result = await h.analyze(dsn)
         duplicates = await h.scalar(

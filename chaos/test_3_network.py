@@ -96,9 +96,7 @@ async def test_work_goes_on_while_worker_connections_are_killed(
                 every=0.5,
             )
         alive = [w.alive() for w in workers]
-        for worker in workers:
-            worker.terminate()
-        codes = [await worker.wait(20) for worker in workers]
+        codes = await h.stop_workers(workers)
 
     result = await h.analyze(database)
     report.add(name, "all connections killed: rounds / backends", f"{rounds} / {terminated}")

@@ -1044,7 +1044,8 @@ class Worker:
         if error is not None:
             text = _storable("".join(traceback.format_exception(error)).strip())
         if self._has["chancy_job_completed"]:
-            done = dataclasses.replace(job, state=state)
+            # Not dataclasses.replace: the claimed row is not validated again (see job_from_row).
+            done = QueuedJob.from_trusted(**{**job.__dict__, "state": state})
             await call_event(
                 self._hooks.chancy_job_completed, worker=self, job=done, error=error, result=result
             )

@@ -141,8 +141,13 @@ def split_dsn(dsn: str) -> tuple[str, dict[str, Any]]:
     or a keyword DSN (``pgbouncer=true``).
     """
     extras: dict[str, Any] = {}
+    if "pgbouncer" not in dsn and "prepare_threshold" not in dsn:
+        return dsn, extras
     if dsn.startswith(("postgresql://", "postgres://")):
-        parts = urllib.parse.urlsplit(dsn)
+        try:
+            parts = urllib.parse.urlsplit(dsn)
+        except ValueError:  # malformed: libpq says how
+            return dsn, extras
         if not parts.query:
             return dsn, extras
         kept = []

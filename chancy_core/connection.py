@@ -264,7 +264,8 @@ def detect_pgbouncer(conn: psycopg.Connection[Any], dsn: str, kwargs: dict[str, 
     if server_port == port:
         return False
     admin = psycopg.conninfo.make_conninfo(dsn, dbname="pgbouncer")
-    probe_kwargs = {k: v for k, v in kwargs.items() if k not in ("options", "prepare_threshold")}
+    skip = ("options", "prepare_threshold", "autocommit", "connect_timeout", "context")
+    probe_kwargs = {k: v for k, v in kwargs.items() if k not in skip}
     try:
         # the admin console speaks only the simple query protocol: a client-side cursor
         with psycopg.Connection.connect(

@@ -1,7 +1,8 @@
 """A worker process of the chaos suite: ``python -m chaos.worker CONFIG_JSON``.
 
-The configuration (a JSON object) names the DSN, the worker's id, its options and the
-recovery plugin's (``"recovery": {...}`` or ``null`` for none). The worker serves until
+The configuration (a JSON object) names the DSN, the worker's id, its options, the
+app's (``"app": {...}``, keyword arguments of ``Chancy``) and the recovery plugin's
+(``"recovery": {...}`` or ``null`` for none). The worker serves until
 SIGTERM (graceful) or SIGKILL (the suite's kill test). Plugins are not discovered: the
 suite passes exactly the ones it tests.
 """
@@ -47,6 +48,7 @@ async def serve(config: dict[str, Any]) -> None:
         plugins=plugins,
         max_connections=config.get("max_connections", 10),
         connect_timeout=config.get("connect_timeout", 5.0),
+        **config.get("app", {}),  # e.g. call_timeout, statement_timeout, pgbouncer
     ) as app:
         worker = Worker(
             app,

@@ -98,6 +98,26 @@ def chaos(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def pgbouncer(session: nox.Session) -> None:
+    """The database tests through a real PgBouncer (transaction mode, its own config and
+    port, in front of CHANCY_TEST_DSN's server), then two apps and four workers through it
+    (chaos/pgbouncer_load.py); `-- --short` for CI. Needs Debian's `pgbouncer` package."""
+    session.install("-e", ".[dev,embedded]")
+    short = "--short" in session.posargs
+    rest = [a for a in session.posargs if a != "--short"]
+    if not os.environ.get("CHANCY_TEST_DSN"):
+        session.error("set CHANCY_TEST_DSN to the server PgBouncer should front")
+    session.run(
+        "python", "-m", "chaos.pgbouncer", "--",
+        "pytest", "-m", "db", "-p", "no:cacheprovider", *rest,
+    )  # fmt: skip
+    session.run(
+        "pytest", "chaos/pgbouncer_load.py", "-p", "no:cacheprovider",
+        *(["--short"] if short else []), *rest,
+    )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
 def embedded(session: nox.Session) -> None:
     """The database tests once more, on the embedded server instead of CHANCY_TEST_DSN."""
     session.install("-e", ".[dev,embedded]")

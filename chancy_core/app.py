@@ -39,6 +39,7 @@ from chancy_core.connection import (
     split_dsn,
 )
 from chancy_core.errors import (
+    ChancyError,
     ConfigurationError,
     DatabaseUnavailableError,
     InvalidJobError,
@@ -388,7 +389,13 @@ class Chancy:
         keeping it in psycopg's backlog (behind PgBouncer they get other clients')."""
         conn.add_notify_handler(_drop_notify)
 
-    def _unavailable(self, exc: Exception) -> DatabaseUnavailableError:
+    def _unavailable(self, exc: Exception) -> ChancyError:
+        if refused_startup_options(exc):
+            return ConfigurationError(
+                f"{mask_dsn(self.dsn)!r} refused the `options` startup parameter that carries"
+                " statement_timeout (PgBouncer does): use Chancy(pgbouncer=True), or"
+                " statement_timeout=None and set it on the role"
+            )
         return DatabaseUnavailableError(
             f"cannot connect to {mask_dsn(self.dsn)!r}:"
             f" {_mask_secrets_of(self.dsn, str(exc).strip())}. Check that"

@@ -94,13 +94,12 @@ class PgBouncer:
             [*as_user, program, "-q", str(self.base / "pgbouncer.ini")],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # it logs to its logfile
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"pgbouncer exited ({self.proc.returncode}): {err}{self.log()}")
+                raise RuntimeError(f"pgbouncer exited ({self.proc.returncode}): {self.log()}")
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5),

@@ -142,7 +142,9 @@ async def test_the_cause_prepared_statements_through_transaction_pooling(databas
         for ref in refs[prefix]
         if ref.identifier in tables[other]
     )
-    report.add(NAME, "prepared statements on: pushes raised / misrouted", f"{len(errors)} / {misrouted}")
+    report.add(
+        NAME, "prepared statements on: pushes raised / misrouted", f"{len(errors)} / {misrouted}"
+    )
     assert errors or misrouted, (
         "expected psycopg's prepared statements to break behind PgBouncer's transaction"
         " pooling (PgBouncer >= 1.21 with max_prepared_statements would not)"

@@ -201,3 +201,76 @@ async def test_statement_timeout_reaches_the_server_and_detection_says_direct(da
         async with migrating:
             cur = await migrating.execute("SHOW statement_timeout")
             assert (await cur.fetchone()) == ("0",)
+
+
+# --- bounded in-flight work with a slow completion write ------------------------------------
+
+SLOW_COMPLETION = """
+CREATE TABLE held_at_write (n integer NOT NULL);
+CREATE FUNCTION slow_completion() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- once per write (transaction): record the rows the worker holds, then be slow
+    IF current_setting('chancy_test.slept', true) IS DISTINCT FROM txid_current()::text THEN
+        PERFORM set_config('chancy_test.slept', txid_current()::text, true);
+        INSERT INTO held_at_write
+            SELECT count(*) FROM {jobs} WHERE state = 'running' AND queue = OLD.queue;
+        PERFORM pg_sleep(0.4);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_completion BEFORE UPDATE ON {jobs} FOR EACH ROW
+    WHEN (OLD.state = 'running' AND NEW.state IN ('succeeded', 'failed'))
+    EXECUTE FUNCTION slow_completion();
+"""
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+@pytest.mark.parametrize("executor", ["async", "thread", "process"])
+async def test_a_slow_completion_write_never_lets_claims_run_ahead(chancy, run_worker, executor):
+    """Promise 4, checked at every completion write (not sampled): with each write slowed
+    to 0.4 s, a worker holds at most 2 x concurrency rows `running` in the queue, and
+    executes at most concurrency jobs at once."""
+    concurrency = 5
+    func = {"async": s.counted, "thread": s.counted_sync, "process": s.counted_sync}[executor]
+    s.GAUGE.reset()
+    await s.query(chancy, SLOW_COMPLETION)
+    with anyio.fail_after(60):
+        await chancy.declare(
+            Queue("q", executor=executor, concurrency=concurrency, polling_interval=0.1)
+        )
+        async with run_worker(chancy):
+            refs = await chancy.push_many([s.make_job(func, "q", seconds=0.01)] * 60)
+            await s.wait_all(chancy, refs, "succeeded", timeout=50)
+    held = [r[0] for r in await s.query(chancy, "SELECT n FROM held_at_write")]
+    assert held and max(held) <= 2 * concurrency, held
+    assert max(held) > concurrency, held  # the slow writes did make outcomes pile up
+    if executor != "process":  # the gauge lives in this process
+        assert 0 < s.GAUGE.max <= concurrency
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_an_outcome_held_up_past_the_orphan_age_is_not_taken_for_an_orphan(
+    chancy, run_worker, database, caplog
+):
+    """The job's completion write waits 4 s on a row lock (longer than the orphan age of
+    2 x 0.5 + 2 = 3 s): the heartbeat must not put the job back (it is the worker's own
+    unwritten outcome), and the job ends succeeded after one run."""
+    tag = uuid.uuid4().hex
+    with anyio.fail_after(30):
+        await chancy.declare(Queue("q", polling_interval=0.1))
+        async with run_worker(chancy, heartbeat_interval=0.5):
+            ref = await chancy.push(s.make_job(s.counted_run, "q", tag=tag, seconds=0.5))
+            await s.wait_state(chancy, ref, "running")
+            locker = await psycopg.AsyncConnection.connect(database)
+            async with locker, locker.transaction():
+                await locker.execute(
+                    chancy.schema.compose("SELECT 1 FROM {jobs} WHERE id = %s FOR UPDATE"),
+                    (uuid.UUID(str(ref)),),
+                )
+                await anyio.sleep(4.0)  # the job ends meanwhile; its write waits
+            done = await s.wait_state(chancy, ref, "succeeded", timeout=10)
+            await anyio.sleep(1.0)  # a heartbeat or two after the write
+    assert s.RUNS[tag] == 1 and done.attempts == 1
+    assert "putting them back" not in caplog.text

@@ -118,6 +118,18 @@ def pgbouncer(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Not in CI: 30 minutes (`-- --minutes N`) of pushers, 4 workers, the pruner and
+    periodic kills; throughput, table and index size, autovacuum (chaos/soak.py)."""
+    session.install(
+        "-e", ".[dev,embedded]",
+        "-e", plugin_path("chancy-plugin-recovery"),
+        "-e", plugin_path("chancy-plugin-pruner"),
+    )  # fmt: skip
+    session.run("python", "-m", "chaos.soak", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def embedded(session: nox.Session) -> None:
     """The database tests once more, on the embedded server instead of CHANCY_TEST_DSN."""
     session.install("-e", ".[dev,embedded]")

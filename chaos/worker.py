@@ -2,9 +2,9 @@
 
 The configuration (a JSON object) names the DSN, the worker's id, its options, the
 app's (``"app": {...}``, keyword arguments of ``Chancy``) and the recovery and pruner
-plugins' (``"recovery": {...}``, ``"pruner": {...}``; absent or ``null`` for none). The worker serves until
-SIGTERM (graceful) or SIGKILL (the suite's kill test). Plugins are not discovered: the
-suite passes exactly the ones it tests.
+plugins' (``"recovery": {...}``, ``"pruner": {...}``; absent or ``null`` for none).
+The worker serves until SIGTERM (graceful) or SIGKILL (the suite's kill test). Plugins
+are not discovered: the suite passes exactly the ones it tests.
 """
 
 from __future__ import annotations

@@ -274,3 +274,37 @@ async def test_an_outcome_held_up_past_the_orphan_age_is_not_taken_for_an_orphan
             await anyio.sleep(1.0)  # a heartbeat or two after the write
     assert s.RUNS[tag] == 1 and done.attempts == 1
     assert "putting them back" not in caplog.text
+
+
+# --- outcomes are never dropped (issue 10 round 2) ---------------------------------------------
+
+FAIL_FIRST_WRITE = """
+CREATE SEQUENCE refused_writes;  -- not rolled back with the write it refuses
+CREATE FUNCTION refuse_first_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('refused_writes') = 1 THEN  -- the first outcome write fails, not the connection
+        RAISE EXCEPTION 'injected: this write fails once' USING ERRCODE = '0A000';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_first_write BEFORE UPDATE ON {jobs} FOR EACH ROW
+    WHEN (OLD.state = 'running' AND NEW.state IN ('succeeded', 'failed'))
+    EXECUTE FUNCTION refuse_first_write();
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="worker-side deadlines: issue 10 round 2")
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_an_outcome_whose_write_fails_is_kept_and_written_later(chancy, run_worker):
+    """A write that fails for a reason other than the fence (here: a trigger refuses it
+    once) keeps the outcome and retries it: the job succeeds after one run, instead of
+    being dropped, left `running`, put back by the orphan check and run again."""
+    tag = uuid.uuid4().hex
+    await s.query(chancy, FAIL_FIRST_WRITE)
+    with anyio.fail_after(30):
+        await chancy.declare(Queue("q", polling_interval=0.1))
+        async with run_worker(chancy, heartbeat_interval=0.5):
+            ref = await chancy.push(s.make_job(s.counted_run, "q", tag=tag, seconds=0.05))
+            done = await s.wait_state(chancy, ref, "succeeded", timeout=20)
+    assert s.RUNS[tag] == 1 and done.attempts == 1

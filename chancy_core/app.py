@@ -828,6 +828,9 @@ class Chancy:
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
         conn: psycopg.AsyncConnection[Any] | None = None
+        if self.settings.pgbouncer is None:
+            with contextlib.suppress(DatabaseUnavailableError):  # retried below
+                await anyio.to_thread.run_sync(self._resolve_pgbouncer)
         if not self.notifications:
             interval = min(interval, PGBOUNCER_POLL_INTERVAL)
         try:
@@ -894,6 +897,8 @@ class Chancy:
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
         conn: psycopg.Connection[Any] | None = None
+        with contextlib.suppress(DatabaseUnavailableError):  # retried below
+            self._resolve_pgbouncer()
         if not self.notifications:
             interval = min(interval, PGBOUNCER_POLL_INTERVAL)
         try:  # reconnects like wait_for_job: a database restart must not fail the caller

@@ -215,8 +215,10 @@ async def test_the_cli_refuses_hostile_arguments_with_a_message(database, report
     )
     bad = []
     for label, done in results:
+        lines = done.stderr.strip().splitlines()
         clear = done.returncode != 0 and (
-            done.stderr.startswith("chancy: error:") or "usage:" in done.stderr
+            (done.stderr.startswith("chancy: error:") and len(lines) == 1)  # one line
+            or "usage:" in done.stderr
         )
         leaked = "Traceback" in done.stderr or "s3cret" in done.stderr + done.stdout
         if not clear or leaked:

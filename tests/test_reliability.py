@@ -308,3 +308,14 @@ async def test_an_outcome_whose_write_fails_is_kept_and_written_later(chancy, ru
             ref = await chancy.push(s.make_job(s.counted_run, "q", tag=tag, seconds=0.05))
             done = await s.wait_state(chancy, ref, "succeeded", timeout=20)
     assert s.RUNS[tag] == 1 and done.attempts == 1
+
+
+def test_the_defaults_the_documented_delays_rest_on():
+    """docs/guarantees.md's formulas use these defaults (test audit S3)."""
+    from chancy_core.worker import Worker
+
+    app = Chancy("postgresql://u@h/db")
+    worker = Worker(app)
+    assert (worker.heartbeat_interval, worker.shutdown_timeout) == (5.0, 30.0)
+    assert (app.settings.statement_timeout, app.call_timeout) == (30.0, 35.0)
+    assert app.connect_timeout == 10.0

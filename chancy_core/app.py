@@ -397,8 +397,8 @@ class Chancy:
                 " statement_timeout=None and set it on the role"
             )
         return DatabaseUnavailableError(
-            f"cannot connect to {mask_dsn(self.dsn)!r}:"
-            f" {_mask_secrets_of(self.dsn, str(exc).strip())}. Check that"
+            f"cannot connect to {mask_dsn(self.dsn)!r}:"  # one line: libpq's has several
+            f" {_mask_secrets_of(self.dsn, ' '.join(str(exc).split()))}. Check that"
             " PostgreSQL is running and that the DSN (or CHANCY_DSN) is right"
         )
 

@@ -101,7 +101,8 @@ def chaos(session: nox.Session) -> None:
 def pgbouncer(session: nox.Session) -> None:
     """The database tests through a real PgBouncer (transaction mode, its own config and
     port, in front of CHANCY_TEST_DSN's server), then two apps and four workers through it
-    (chaos/pgbouncer_load.py); `-- --short` for CI. Needs Debian's `pgbouncer` package."""
+    (chaos/pgbouncer_load.py); `-- --short` for CI (without the tests marked slow, which
+    mostly run servers of their own). Needs Debian's `pgbouncer` package."""
     session.install("-e", ".[dev,embedded]")
     short = "--short" in session.posargs
     rest = [a for a in session.posargs if a != "--short"]
@@ -109,7 +110,7 @@ def pgbouncer(session: nox.Session) -> None:
         session.error("set CHANCY_TEST_DSN to the server PgBouncer should front")
     session.run(
         "python", "-m", "chaos.pgbouncer", "--",
-        "pytest", "-m", "db", "-p", "no:cacheprovider", *rest,
+        "pytest", "-m", "db and not slow" if short else "db", "-p", "no:cacheprovider", *rest,
     )  # fmt: skip
     session.run(
         "pytest", "chaos/pgbouncer_load.py", "-p", "no:cacheprovider",

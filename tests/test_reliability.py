@@ -111,6 +111,7 @@ async def test_the_orphan_check_releases_old_lost_claims_and_never_young_ones(ch
 # --- pushes and waits during an outage -------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.db
 @pytest.mark.anyio
 async def test_calls_during_an_outage_raise_database_unavailable_and_work_after(
@@ -240,6 +241,7 @@ CREATE TRIGGER slow_completion BEFORE UPDATE ON {jobs} FOR EACH ROW
 """
 
 
+@pytest.mark.slow
 @pytest.mark.db
 @pytest.mark.anyio
 @pytest.mark.parametrize("executor", ["async", "thread", "process"])
@@ -265,6 +267,7 @@ async def test_a_slow_completion_write_never_lets_claims_run_ahead(chancy, run_w
         assert 0 < s.GAUGE.max <= concurrency
 
 
+@pytest.mark.slow
 @pytest.mark.db
 @pytest.mark.anyio
 async def test_an_outcome_held_up_past_the_orphan_age_is_not_taken_for_an_orphan(

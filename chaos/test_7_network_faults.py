@@ -81,16 +81,25 @@ async def test_push_and_wait_on_a_frozen_path_give_up_in_time(database, report):
             proxy.release()
             await app.push(a_job())  # works again once the path is back
 
-            # Existing connections frozen for ever, new ones fine: the frozen ones are
-            # given up (closed), and the calls after them work on new connections.
+            # Existing connections frozen for ever, new ones fine: each frozen pooled
+            # connection costs one call its deadline (then it is closed), and the calls
+            # after them work on new connections.
             await app.push(a_job())
-            assert proxy.hole(proxy.connections())  # the pool's connection, frozen
+            frozen = len(proxy.hole(proxy.connections()))  # the pool's idle connections
+            assert frozen >= 1
             began = time.monotonic()
             with pytest.raises(DatabaseUnavailableError):
                 await app.push(a_job())
             figures["push, frozen connection"] = time.monotonic() - began
-            began = time.monotonic()
-            await app.push(a_job())
+            for _ in range(frozen):  # the other frozen ones, if the pool hands them out
+                began = time.monotonic()
+                try:
+                    await app.push(a_job())
+                    break
+                except DatabaseUnavailableError:
+                    assert time.monotonic() - began < CALL_TIMEOUT + SLACK
+            else:
+                raise AssertionError(f"no push worked after {frozen} frozen connections")
             figures["next push, on a new connection"] = time.monotonic() - began
     finally:
         proxy.stop()

@@ -412,12 +412,12 @@ def cell(data: dict[str, Any] | None, fig: str) -> str:
     return median if low == high else f"{median} ({low}-{high})"
 
 
-def grid(headings: list[str], rows: list[list[str]]) -> list[str]:
-    """Rows aligned under headings: the first column left, the others right."""
+def grid(headings: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    """Rows aligned under headings: the first ``left`` columns to the left, the others right."""
     widths = [max(len(cell) for cell in column) for column in zip(headings, *rows, strict=True)]
     lines = [
         "  ".join(
-            text.ljust(width) if i == 0 else text.rjust(width)
+            text.ljust(width) if i < left else text.rjust(width)
             for i, (text, width) in enumerate(zip(line, widths, strict=True))
         )
         for line in (headings, *rows)
@@ -490,7 +490,7 @@ def render_table(report: dict[str, Any]) -> str:
             "",
             f"Each system's best configuration (processing only; {report['best_source']})",
             "",
-            *grid(headings, best_rows),
+            *grid(headings, best_rows, left=2),
         ]
     ours = systems.get(OURS)
     if ours is not None and len(systems) > 1:
@@ -582,7 +582,7 @@ def render_sweep(report: dict[str, Any]) -> str:
                     for run in tried.get(f"process_{n}", {}).get("runs", [])
                     if "error" in run
                 )
-    lines += grid(["system", "configuration", "1 worker", "2 workers", "score"], rows)
+    lines += grid(["system", "configuration", "1 worker", "2 workers", "score"], rows, left=2)
     lines.extend(f"note: {note}" for note in notes)
     return "\n".join(lines)
 
@@ -741,18 +741,17 @@ def table_blocks(
     if "latency" in args.phases:
         blocks.append([Step(s, "latency", "latency", 1, common[s.name], 1) for s in ready])
     if "process" in args.phases:
+        # One block per worker count: the headline runs and the best configurations' runs
+        # (where they differ) are shuffled together, so they share the same time window.
         for n in WORKER_COUNTS:
             blocks.append(
                 [Step(s, f"process_{n}", "process", n, common[s.name], args.jobs) for s in ready]
+                + [
+                    Step(s, f"best_process_{n}", "process", n, best[s.name], args.jobs)
+                    for s in ready
+                    if best[s.name] != common[s.name]
+                ]
             )
-            own = [s for s in ready if best[s.name] != common[s.name]]
-            if own:
-                blocks.append(
-                    [
-                        Step(s, f"best_process_{n}", "process", n, best[s.name], args.jobs)
-                        for s in own
-                    ]
-                )
     if "ceiling" in args.phases:
         blocks.append(None)
     return blocks
@@ -801,7 +800,7 @@ def run_blocks(
                 continue
             steps = block[:]
             rng.shuffle(steps)
-            schedule.append(f"{rep} {steps[0].key}: {', '.join(s.system.name for s in steps)}")
+            schedule.append(f"{rep}: " + ", ".join(f"{s.system.name} {s.key}" for s in steps))
             for step in steps:
                 figures = (
                     run_phase(step, args, clock)

@@ -148,8 +148,7 @@ async def phase_single(adapter: Adapter, args: argparse.Namespace) -> dict[str, 
 
 
 async def phase_process(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
-    """Queue ``--jobs`` jobs, ANALYZE, CHECKPOINT, start ``--workers`` workers; time first claim
-    -> all done."""
+    """Queue ``--jobs`` jobs, ANALYZE, CHECKPOINT, start ``--workers`` workers; time claim->done."""
     await prepare(adapter, args)
     async with adapter.connect(args.dsn) as client:
         await client.enqueue_bulk(args.jobs, BATCH_SIZE)

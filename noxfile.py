@@ -84,7 +84,9 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Side-by-side throughput and latency against peers (see benchmarks/README.md)."""
-    session.install("-e", ".")
+    # The deployed plugins too, for benchmarks/growth.py; run.py builds its own venvs.
+    deployed = ("chancy-plugin-recovery", "chancy-plugin-pruner", "chancy-plugin-leadership")
+    session.install("-e", ".", *[f"-e{plugin_path(p)}" for p in deployed])
     session.run(
         "python", "benchmarks/run.py", *session.posargs, env={"CHANCY_CORE_SOURCE": str(ROOT)}
     )

@@ -183,8 +183,8 @@ class ChancyBackend(BaseTaskBackend):
                 )
                 for error in row.errors
             ],
-            # chancy keeps the id of the worker of the last attempt only; it stands for
-            # every attempt, so that TaskResult.attempts (its length) is right.
+            # chancy records no worker per attempt (only the running one, in taken_by):
+            # one entry per attempt keeps TaskResult.attempts (its length) right.
             worker_ids=[row.taken_by or "unknown"] * row.attempts,
         )
         object.__setattr__(result, "_return_value", return_value(row))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from chancy_plugin_django.compat import TaskResultDoesNotExist
 from django.db import transaction
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from chancy_plugin_django.compat import TaskResultDoesNotExist
 from notes.models import Note
 from notes.tasks import process_note
 

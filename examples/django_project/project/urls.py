@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path
-
 from notes import views
 
 urlpatterns = [

@@ -12,7 +12,7 @@ from chancy_plugin_django.models import Job, Queue
 __all__ = ["JobAdmin", "QueueAdmin", "ReadOnlyAdmin"]
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdmin(admin.ModelAdmin):
     """A model admin that can list and show rows, never add, change or delete them."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

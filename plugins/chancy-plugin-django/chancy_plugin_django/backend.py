@@ -45,11 +45,11 @@ RUN_TASK = "chancy_plugin_django.runner.run_task"
 """The chancy function every Django task runs through (it imports and calls the task)."""
 
 STATUSES: dict[str, TaskResultStatus] = {
-    "pending": TaskResultStatus.READY,
-    "retrying": TaskResultStatus.READY,  # "ready to be executed again"
-    "running": TaskResultStatus.RUNNING,
-    "succeeded": TaskResultStatus.SUCCESSFUL,
-    "failed": TaskResultStatus.FAILED,
+    "pending": TaskResultStatus("READY"),
+    "retrying": TaskResultStatus("READY"),  # "ready to be executed again"
+    "running": TaskResultStatus("RUNNING"),
+    "succeeded": TaskResultStatus("SUCCESSFUL"),
+    "failed": TaskResultStatus("FAILED"),
 }
 """Chancy's job states as Django's task result statuses."""
 
@@ -125,7 +125,7 @@ class ChancyBackend(BaseTaskBackend):
         result: TaskResult[Any] = TaskResult(
             task=task,
             id=str(ref),
-            status=TaskResultStatus.READY,
+            status=STATUSES["pending"],
             enqueued_at=now,
             started_at=None,
             finished_at=None,
@@ -148,7 +148,9 @@ class ChancyBackend(BaseTaskBackend):
             job_id = uuid.UUID(str(result_id))
             row = JobRow.objects.using(self.database).get(id=job_id, func=RUN_TASK)
         except (ValueError, JobRow.DoesNotExist):
-            raise TaskResultDoesNotExist(f"no chancy job {result_id!r} runs a Django task") from None
+            raise TaskResultDoesNotExist(
+                f"no chancy job {result_id!r} runs a Django task"
+            ) from None
         return self._result(row)
 
     def _result(self, row: Any) -> TaskResult[Any]:

@@ -59,12 +59,13 @@ def chancy_settings() -> dict[str, Any]:
     """``settings.CHANCY`` over :data:`DEFAULTS`; unknown keys are an error."""
     given = getattr(settings, "CHANCY", None) or {}
     if not isinstance(given, dict):
-        raise ImproperlyConfigured("settings.CHANCY must be a dict, e.g. CHANCY = {'QUEUES': {...}}")
+        raise ImproperlyConfigured(
+            "settings.CHANCY must be a dict, e.g. CHANCY = {'QUEUES': {...}}"
+        )
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ImproperlyConfigured(
-            f"unknown CHANCY setting(s) {', '.join(unknown)}; the keys are"
-            f" {', '.join(DEFAULTS)}"
+            f"unknown CHANCY setting(s) {', '.join(unknown)}; the keys are {', '.join(DEFAULTS)}"
         )
     return {**DEFAULTS, **given}
 

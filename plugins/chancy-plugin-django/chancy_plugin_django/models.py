@@ -80,7 +80,7 @@ class Queue(models.Model):
         verbose_name = "chancy queue"
 
     def __str__(self) -> str:
-        return self.name
+        return str(self.name)
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Refused: declare queues with chancy (``CHANCY['QUEUES']`` or ``Chancy.declare``)."""

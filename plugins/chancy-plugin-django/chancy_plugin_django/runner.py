@@ -27,9 +27,7 @@ __all__ = ["run_task"]
 
 
 @job()
-def run_task(
-    task: str, args: list[Any], kwargs: dict[str, Any], job_context: QueuedJob
-) -> Any:
+def run_task(task: str, args: list[Any], kwargs: dict[str, Any], job_context: QueuedJob) -> Any:
     """Run the Django task named ``task`` with ``args`` and ``kwargs``; return its JSON result.
 
     Database connections are handled as around a request: stale ones are closed

@@ -19,10 +19,9 @@ def job_count() -> int:
 
 
 def test_the_dsn_is_built_from_django_databases(project_database: str) -> None:
+    from chancy_plugin_django.conf import dsn_from_database, get_app
     from django.core.exceptions import ImproperlyConfigured
     from psycopg.conninfo import conninfo_to_dict
-
-    from chancy_plugin_django.conf import dsn_from_database, get_app
 
     assert conninfo_to_dict(dsn_from_database("default")) == conninfo_to_dict(project_database)
     assert get_app().dsn == dsn_from_database("default")
@@ -31,9 +30,8 @@ def test_the_dsn_is_built_from_django_databases(project_database: str) -> None:
 
 
 def test_a_rolled_back_view_leaves_neither_note_nor_job() -> None:
-    from django.test import Client
-
     from chancy_plugin_django.compat import TaskResultDoesNotExist
+    from django.test import Client
     from notes.models import Note
     from notes.tasks import process_note
 
@@ -48,10 +46,9 @@ def test_a_rolled_back_view_leaves_neither_note_nor_job() -> None:
 
 
 def test_an_enqueued_task_is_in_the_callers_transaction_until_it_commits() -> None:
-    from django.db import transaction
-
     from chancy_plugin_django import get_app
     from chancy_plugin_django.compat import TaskResultStatus
+    from django.db import transaction
     from notes.models import Note
     from notes.tasks import process_note
 
@@ -67,9 +64,8 @@ def test_an_enqueued_task_is_in_the_callers_transaction_until_it_commits() -> No
 
 
 def test_a_committed_task_runs_on_the_worker_and_succeeds(worker: Any) -> None:
-    from django.test import Client
-
     from chancy_plugin_django.compat import TaskResultStatus
+    from django.test import Client
     from notes.models import Note
     from notes.tasks import process_note
 
@@ -103,9 +99,10 @@ def test_a_failing_task_is_failed_with_its_exception(worker: Any) -> None:
 
 
 def test_the_worker_runs_only_django_tasks_through_the_backend(worker: Any) -> None:
-    from chancy_core import Job
     from chancy_plugin_django import get_app, push_on_django
     from chancy_plugin_django.backend import RUN_TASK
+
+    from chancy_core import Job
 
     bogus = Job(func=RUN_TASK, kwargs={"task": "os.getcwd", "args": [], "kwargs": {}})
     (ref,) = push_on_django([bogus])
@@ -122,9 +119,8 @@ def test_the_worker_command_declares_the_queues_of_the_settings(worker: Any) -> 
 
 
 def test_unknown_results_are_not_found() -> None:
-    from django.test import Client
-
     from chancy_plugin_django.compat import TaskResultDoesNotExist
+    from django.test import Client
     from notes.tasks import process_note
 
     for bad in (str(uuid.uuid4()), "not-a-uuid"):
@@ -134,10 +130,9 @@ def test_unknown_results_are_not_found() -> None:
 
 
 def test_the_admin_shows_jobs_and_queues_read_only() -> None:
+    from chancy_plugin_django.models import Job
     from django.contrib.auth.models import User
     from django.test import Client
-
-    from chancy_plugin_django.models import Job
     from notes.tasks import process_note
 
     result = process_note.enqueue(0)  # a job to show (it fails if a worker runs it)

@@ -52,9 +52,7 @@ class Command(BaseCommand):
                     for queue in queues():
                         await app.declare(queue)
                 worker = Worker(app, allow=allow, **conf["WORKER"])
-                self.stdout.write(
-                    f"chancy worker {worker.worker_id} started", ending="\n"
-                )
+                self.stdout.write(f"chancy worker {worker.worker_id} started", ending="\n")
                 self.stdout.flush()
                 await worker.serve()
 

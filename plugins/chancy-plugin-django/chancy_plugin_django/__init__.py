@@ -38,7 +38,8 @@ def push_on_django(
 
     connection = connections[using or chancy_settings()["DATABASE"]]
     connection.ensure_connection()
-    # A plain psycopg cursor: Django's own cursors bind client-side, chancy's insert needs
-    # server-side binding; both are on the same connection and transaction.
+    # A plain psycopg cursor on Django's connection (same transaction): Django's default
+    # cursors inline parameters into the SQL text; this one sends chancy's arrays as
+    # parameters, as chancy's own connections do.
     with psycopg.Cursor(connection.connection) as cursor:
         return app().sync_push_many_ex(cursor, jobs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chancy_plugin_django.compat import task  # `from django.tasks import task` on Django 6+
+from chancy_plugin_django.compat import TaskContext, task  # django.tasks on Django 6+
 
 from notes.models import Note  # the ORM at import time: the worker's children ran django.setup()
 
@@ -20,3 +20,15 @@ def process_note(note_id: int) -> int:
 def reject(reason: str) -> None:
     """Always fails (to show a failed task's result)."""
     raise ValueError(reason)
+
+
+@task(takes_context=True)
+def remember_attempt(context: TaskContext, label: str) -> None:
+    """Records which attempt of which task result ran (a task that takes its context)."""
+    Note.objects.create(text=f"{label}: attempt {context.attempt} of {context.task_result.id}")
+
+
+@task()
+async def note_async(text: str) -> None:
+    """An async task: Django runs it with async_to_sync in the worker's child process."""
+    await Note.objects.acreate(text=text)

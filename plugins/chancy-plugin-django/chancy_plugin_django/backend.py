@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from django.apps import apps
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from chancy_core import Job
 from chancy_plugin_django import push_on_django
 from chancy_plugin_django.compat import (
     BaseTaskBackend,
-    InvalidTask,
     Task,
     TaskError,
     TaskResult,
@@ -98,9 +101,20 @@ class ChancyBackend(BaseTaskBackend):
         self.max_attempts = int(self.options.get("max_attempts", 1))
         unknown = sorted(set(self.options) - {"max_attempts"})
         if unknown or self.max_attempts < 1:
-            raise InvalidTask(
+            raise ImproperlyConfigured(
                 f"TASKS[{alias!r}]['OPTIONS'] takes only max_attempts (a positive integer);"
                 f" got {self.options!r}"
+            )
+
+    def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
+        """Django's system check: the app must be installed (results are read through it)."""
+        yield from super().check(**kwargs)
+        if not apps.is_installed("chancy_plugin_django"):
+            yield checks.Error(
+                f"TASKS[{self.alias!r}] uses chancy, but chancy_plugin_django is not in"
+                " INSTALLED_APPS",
+                hint="add 'chancy_plugin_django' to INSTALLED_APPS",
+                id="chancy.E001",
             )
 
     @property

@@ -154,3 +154,32 @@ def test_the_admin_shows_jobs_and_queues_read_only() -> None:
     assert client.get("/admin/").status_code == 200
     with pytest.raises(TypeError, match="read-only"):
         Job.objects.get(id=result.id).save()
+
+
+def test_tasks_that_take_their_context_or_are_async_run(worker: Any) -> None:
+    from chancy_plugin_django.compat import TaskResultStatus
+    from notes.models import Note
+    from notes.tasks import note_async, remember_attempt
+
+    with_context = remember_attempt.enqueue("ctx")
+    coroutine = note_async.enqueue("written by an async task")
+    for task, result in ((remember_attempt, with_context), (note_async, coroutine)):
+        assert wait_finished(task, result.id).status == TaskResultStatus.SUCCESSFUL
+    assert Note.objects.filter(text=f"ctx: attempt 1 of {with_context.id}").exists()
+    assert Note.objects.filter(text="written by an async task").exists()
+
+
+def test_run_after_priority_and_queue_become_the_jobs_fields() -> None:
+    from datetime import timedelta
+
+    from chancy_plugin_django import get_app
+    from django.utils import timezone
+    from notes.tasks import process_note
+
+    later = timezone.now() + timedelta(hours=1)
+    result = process_note.using(run_after=later, priority=7).enqueue(0)
+    job = get_app().sync_get_job(result.id)
+    assert job is not None
+    assert (job.scheduled_at, job.priority, job.queue) == (later, 7, "default")
+    back = process_note.get_result(result.id)
+    assert (back.task.run_after, back.task.priority, back.status) == (later, 7, "READY")

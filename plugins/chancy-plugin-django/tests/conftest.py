@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -84,15 +83,3 @@ def worker(
         process.kill()
         pytest.fail(f"manage.py chancy_worker did not stop within 60 s:\n{log.read_text()}")
     assert code == 0, f"manage.py chancy_worker exited with {code}:\n{log.read_text()}"
-
-
-def wait_finished(task: Any, result_id: str, timeout: float = 60.0) -> Any:
-    """Poll ``task.get_result`` until the result is finished; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = task.get_result(result_id)
-        if result.is_finished:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"task {result_id} still {result.status} after {timeout} s")
-        time.sleep(0.2)

@@ -3,13 +3,25 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import pytest
-from conftest import wait_finished
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("project_database")]
+
+
+def wait_finished(task: Any, result_id: str, timeout: float = 60.0) -> Any:
+    """Poll ``task.get_result`` until the result is finished; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = task.get_result(result_id)
+        if result.is_finished:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"task {result_id} still {result.status} after {timeout} s")
+        time.sleep(0.2)
 
 
 def job_count() -> int:

@@ -98,9 +98,9 @@ class ChancyBackend(BaseTaskBackend):
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        self.max_attempts = int(self.options.get("max_attempts", 1))
-        unknown = sorted(set(self.options) - {"max_attempts"})
-        if unknown or self.max_attempts < 1:
+        self.max_attempts = self.options.get("max_attempts", 1)
+        unknown = set(self.options) - {"max_attempts"}
+        if unknown or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ImproperlyConfigured(
                 f"TASKS[{alias!r}]['OPTIONS'] takes only max_attempts (a positive integer);"
                 f" got {self.options!r}"

@@ -195,3 +195,20 @@ def test_run_after_priority_and_queue_become_the_jobs_fields() -> None:
     assert (job.scheduled_at, job.priority, job.queue) == (later, 7, "default")
     back = process_note.get_result(result.id)
     assert (back.task.run_after, back.task.priority, back.status) == (later, 7, "READY")
+
+
+def test_misconfiguration_is_reported_clearly() -> None:
+    from chancy_plugin_django.backend import ChancyBackend
+    from chancy_plugin_django.conf import chancy_settings
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    for options in ({"max_attempts": 0}, {"max_attempts": "3"}, {"retries": 3}):
+        with pytest.raises(ImproperlyConfigured, match="takes only max_attempts"):
+            ChancyBackend("x", {"OPTIONS": options})
+    assert ChancyBackend("x", {"OPTIONS": {"max_attempts": 3}}).max_attempts == 3
+    with (
+        override_settings(CHANCY={"QUEUE": {}}),
+        pytest.raises(ImproperlyConfigured, match="unknown CHANCY setting"),
+    ):
+        chancy_settings()

@@ -74,6 +74,15 @@ def example_plugin(session: nox.Session) -> None:
     session.run("pytest", str(ROOT / "examples/chancy-plugin-example/tests"), *session.posargs)
 
 
+@nox.session(python=PYTHON, tags=["test"])
+def examples(session: nox.Session) -> None:
+    """The FastAPI and Flask examples' tests, with their own requirements."""
+    apps = [ROOT / "examples" / name for name in ("fastapi_app", "flask_app")]
+    requirements = [arg for app in apps for arg in ("-r", str(app / "requirements.txt"))]
+    session.install("-e", ".[dev,embedded]", *requirements)
+    session.run("pytest", *map(str, apps), "-p", "chancy_core.testing", *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Push jobs and run them with a worker on the embedded PostgreSQL."""

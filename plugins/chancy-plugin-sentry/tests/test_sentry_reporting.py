@@ -34,7 +34,7 @@ class Captured(Transport):
 
     def events(self) -> list[dict[str, Any]]:
         found = [e.get_event() for e in self.envelopes]
-        return [event for event in found if event is not None]
+        return [dict(event) for event in found if event is not None]
 
 
 class PaymentDeclined(Exception):

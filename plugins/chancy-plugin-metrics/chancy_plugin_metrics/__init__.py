@@ -289,16 +289,28 @@ class Metrics:
     def chancy_job_wrap(self, worker: Worker, job: QueuedJob) -> AbstractAsyncContextManager[None]:
         return self._timed(job.id)
 
-    # The completion hook and its adapter: the only place that reads an attempt's outcome.
-    # MERGE with the core's Outcome (branch `core`): see the README's "Completion hook".
+    # The completion hook and its adapter `_outcome`: the only place that reads an outcome.
+    # MERGE with the core's Outcome (branch `core`): the hook's signature becomes
+    # `(self, worker: Worker, job: QueuedJob, outcome: Outcome)` and its first line
+    # `... = self._outcome(job, outcome)`; `_outcome` already reads an Outcome.
     @hookimpl
     def chancy_job_completed(self, worker: Worker, job: QueuedJob) -> None:
         state, run_seconds, wait_seconds = self._outcome(job)
         self.record(job, run_seconds, state=state, wait_seconds=wait_seconds)
 
-    def _outcome(self, job: QueuedJob) -> tuple[str, float | None, float | None]:
-        """The attempt's state, run seconds and wait seconds (``None``: from ``job``'s times)."""
-        return job.state.value, self._timings.pop(job.id, None), None
+    def _outcome(
+        self, job: QueuedJob, outcome: Any = None
+    ) -> tuple[str, float | None, float | None]:
+        """The attempt's state, run seconds and wait seconds (``None``: from ``job``'s times).
+
+        From ``outcome`` (a ``chancy_core.Outcome``) when the hook passes one; else, as
+        the hook's first form has it, ``job.state`` and the time ``chancy_job_wrap`` took.
+        """
+        timed = self._timings.pop(job.id, None)
+        if outcome is None:
+            return job.state.value, timed, None
+        state = outcome.state
+        return str(getattr(state, "value", state)), outcome.run_seconds, outcome.wait_seconds
 
     # --- recording -----------------------------------------------------------------------
 

@@ -42,9 +42,18 @@ DEFAULT_IGNORE: tuple[str, ...] = ("chancy_core.executors.JobCancelled",)
 _MAX_TAG = 200  # Sentry truncates tag values at 200 characters
 
 
-def _outcome(job: QueuedJob, error: BaseException | None) -> tuple[str, BaseException | None]:
-    """The state written and the error of an ended attempt: the one place that reads it."""
-    return job.state.value, error
+def _outcome(
+    job: QueuedJob, error: BaseException | None, outcome: Any = None
+) -> tuple[str, BaseException | None]:
+    """The state written and the error of an ended attempt: the one place that reads them.
+
+    From ``outcome`` (a ``chancy_core.Outcome``) when the hook passes one; else, as the
+    hook's first form has it, ``job.state`` and ``error``.
+    """
+    if outcome is None:
+        return job.state.value, error
+    state = outcome.state
+    return str(getattr(state, "value", state)), outcome.error
 
 
 def _qualname(cls: type) -> str:
@@ -103,7 +112,8 @@ class Sentry:
         return job.with_meta({**job.meta, META_KEY: {**mine, "tags": merged}})
 
     # The completion hook and its adapter `_outcome`. MERGE with the core's Outcome (branch
-    # `core`): see the README's "Completion hook".
+    # `core`): the hook's signature becomes `(self, worker: Worker, job: QueuedJob,
+    # outcome: Outcome)` and its first line `state, failure = _outcome(job, None, outcome)`.
     @hookimpl
     def chancy_job_completed(
         self, worker: Worker, job: QueuedJob, error: BaseException | None

@@ -35,7 +35,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.asgi import make_asgi_app
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -49,12 +57,24 @@ if TYPE_CHECKING:
     from chancy_core.hookspecs import RegisterTask
     from chancy_core.worker import Worker
 
-__all__ = ["DEFAULT_BUCKETS", "PORT_ENV", "ASGIApp", "HistoryRow", "Metrics", "metrics_app"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "INDEX_ENV",
+    "PORT_ENV",
+    "ASGIApp",
+    "HistoryRow",
+    "Metrics",
+    "metrics_app",
+]
 
 log = logging.getLogger(__name__)
 
 PORT_ENV = "CHANCY_METRICS_PORT"
 """Where the default ``Metrics()`` (the one the entry point makes) serves, if set."""
+
+INDEX_ENV = "CHANCY_PROCESS_INDEX"
+"""Set by ``chancy worker start --processes N`` to each child's index: child ``n`` serves
+on ``$CHANCY_METRICS_PORT + n``, so every child is a target of its own."""
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
@@ -194,7 +214,8 @@ class Metrics:
 
     :param port: serve the Prometheus endpoint on this port (``0``: any free
         port, see :attr:`address`); ``None`` serves nothing. By default the
-        port comes from ``$CHANCY_METRICS_PORT``, else nothing is served: the
+        port comes from ``$CHANCY_METRICS_PORT`` (plus ``$CHANCY_PROCESS_INDEX``,
+        set by ``--processes``), else nothing is served: the
         plugin is loaded in every process that has it installed, and a fixed
         default port would collide between workers on one host.
     :param host: the address to listen on (``"0.0.0.0"`` to let other hosts scrape).
@@ -203,6 +224,9 @@ class Metrics:
     :param retention: how long history is kept (a :class:`timedelta` or seconds).
     :param prune_interval: seconds between two prunes of the history (by the leader).
     :param buckets: histogram upper bounds, in seconds.
+    :param process_metrics: also serve prometheus-client's ``process_*`` (CPU, memory,
+        file descriptors) and ``python_*`` (version, garbage collector) metrics of this
+        process, registered on this instance's registry.
     """
 
     name = "metrics"
@@ -217,12 +241,18 @@ class Metrics:
         retention: timedelta | float = timedelta(days=7),
         prune_interval: float = 3600.0,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
+        process_metrics: bool = True,
     ) -> None:
         if port is FROM_ENV:
             env = os.environ.get(PORT_ENV, "").strip()
             if env and not env.isdigit():
                 raise ConfigurationError(f"{PORT_ENV}={env!r} is not a port number")
             port = int(env) if env else None
+            index = os.environ.get(INDEX_ENV, "").strip()
+            if port is not None and index:  # a child of `chancy worker start --processes N`
+                if not index.isdigit():
+                    raise ConfigurationError(f"{INDEX_ENV}={index!r} is not a process index")
+                port += int(index)
         if port is not None and not 0 <= port <= 65535:
             raise ConfigurationError(f"port must be from 0 to 65535 or None, not {port!r}")
         seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention
@@ -264,6 +294,10 @@ class Metrics:
         self.sample = _Sample()
         """The last read of the database gauges (see :meth:`refresh`)."""
         self.registry.register(_Collector(self))
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
         self._minutes: dict[tuple[datetime, str, str, str], _Minute] = {}
         self._timings: dict[str, float] = {}
         self._workers: dict[str, Worker] = {}

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -11,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from chancy_plugin_metrics import Metrics, metrics_app
+from chancy_plugin_metrics import PORT_ENV, Metrics, metrics_app
 from prometheus_client.parser import text_string_to_metric_families
 
 from chancy_core import Chancy, Job, Queue, QueuedJob, Worker
@@ -241,3 +246,53 @@ async def test_metrics_is_discovered_through_its_entry_point(chancy: Chancy) -> 
     assert isinstance(found, Metrics)
     assert found.port is None  # no $CHANCY_METRICS_PORT: nothing is served by default
     assert await Metrics.history(chancy) == []  # its table exists: its migration ran
+
+
+def two_free_ports() -> int:
+    """A port ``p`` such that ``p`` and ``p + 1`` are both free (now)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            base = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", base + 1))
+                except OSError:
+                    continue
+                return base
+    raise AssertionError("no two adjacent free ports")
+
+
+async def test_each_child_of_worker_start_processes_serves_its_own_port(database: str) -> None:
+    base = two_free_ports()
+    env = {**os.environ, PORT_ENV: str(base)}
+    command = [sys.executable, "-m", "chancy_core.cli", "--dsn", database, "worker", "start"]
+    command += ["--processes", "2", "--queue", "default", "--shutdown-timeout", "2"]
+    parent = subprocess.Popen(command, env=env)
+    try:
+        workers: dict[int, set[str]] = {}
+        with anyio.fail_after(60):
+            for port in (base, base + 1):
+                while True:
+                    try:
+                        status, _, text = await anyio.to_thread.run_sync(
+                            fetch, f"http://127.0.0.1:{port}/metrics"
+                        )
+                    except OSError:
+                        await anyio.sleep(0.2)
+                        continue
+                    found = {
+                        dict(labels)["worker"]
+                        for name, labels in parse(text)
+                        if name == "chancy_worker_running_jobs"
+                    }
+                    if status == 200 and found:
+                        workers[port] = found
+                        break
+                    await anyio.sleep(0.2)
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        code = await anyio.to_thread.run_sync(lambda: parent.wait(30))
+    assert code == 0
+    (first,), (second,) = workers[base], workers[base + 1]
+    assert first != second  # two processes, each scraped on its own port

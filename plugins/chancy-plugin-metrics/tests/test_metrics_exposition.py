@@ -12,7 +12,7 @@ import anyio
 import prometheus_client
 import pytest
 from anyio.abc import SocketAttribute
-from chancy_plugin_metrics import PORT_ENV, Metrics, metrics_app
+from chancy_plugin_metrics import INDEX_ENV, PORT_ENV, Metrics, metrics_app
 from prometheus_client.parser import text_string_to_metric_families
 
 from chancy_core import QueuedJob
@@ -71,6 +71,13 @@ def test_port_comes_from_the_environment_only_by_default(monkeypatch: pytest.Mon
     monkeypatch.setenv(PORT_ENV, "http")
     with pytest.raises(ConfigurationError, match=PORT_ENV):
         Metrics()
+    monkeypatch.setenv(PORT_ENV, "9464")
+    monkeypatch.setenv(INDEX_ENV, "2")  # the third child of `chancy worker start --processes`
+    assert Metrics().port == 9466
+    assert Metrics(port=9000).port == 9000  # an explicit port is left alone
+    monkeypatch.setenv(INDEX_ENV, "x")
+    with pytest.raises(ConfigurationError, match=INDEX_ENV):
+        Metrics()
     monkeypatch.delenv(PORT_ENV)
     assert Metrics().port is None
     with pytest.raises(ConfigurationError, match="port"):
@@ -118,7 +125,11 @@ async def test_a_taken_port_is_logged_and_retried_not_fatal(
 
 
 def test_every_metric_is_documented_and_the_grafana_dashboard_uses_only_those() -> None:
-    exposed = {f.name for f in text_string_to_metric_families(Metrics(port=None).render())}
+    text = Metrics(port=None).render()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    exposed = {n for n in families if n.startswith("chancy_")}
+    assert {"process_cpu_seconds", "python_info"} <= families  # process_metrics=True
+    assert "process_" not in Metrics(port=None, process_metrics=False).render()
     readme = (PLUGIN / "README.md").read_text()
     readme = readme[readme.index("## What it measures") : readme.index("### Prometheus scrape")]
     documented = set(re.findall(r"^\| `(chancy_[a-z_]+)` \|", readme, re.MULTILINE))

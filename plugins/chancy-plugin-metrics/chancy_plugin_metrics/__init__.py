@@ -61,9 +61,9 @@ __all__ = [
     "DEFAULT_BUCKETS",
     "INDEX_ENV",
     "PORT_ENV",
-    "ASGIApp",
     "HistoryRow",
     "Metrics",
+    "MetricsApp",
     "metrics_app",
 ]
 
@@ -81,16 +81,6 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     3600.0,
 )  # fmt: skip
 """Histogram upper bounds, in seconds, for run and wait times."""
-
-ASGIApp = Callable[
-    [
-        dict[str, Any],
-        Callable[[], Awaitable[dict[str, Any]]],
-        Callable[[dict[str, Any]], Awaitable[None]],
-    ],
-    Awaitable[None],
-]
-"""An ASGI 3 application: ``await app(scope, receive, send)``."""
 
 _TRANSIENT = TRANSIENT_ERRORS
 _MAX_TIMINGS = 10_000
@@ -588,7 +578,7 @@ class Metrics:
         return found
 
 
-def metrics_app(plugin: Metrics, chancy: Chancy | None = None) -> ASGIApp:
+def metrics_app(plugin: Metrics, chancy: Chancy | None = None) -> MetricsApp:
     """The plugin's registry as an ASGI application, to mount at ``/metrics``.
 
     It is prometheus-client's ASGI app (text or OpenMetrics format by the
@@ -605,13 +595,28 @@ def metrics_app(plugin: Metrics, chancy: Chancy | None = None) -> ASGIApp:
             f"metrics_app needs the Metrics plugin instance, not {type(plugin).__name__};"
             ' use chancy.plugins.get_plugin("metrics")'
         )
-    inner = make_asgi_app(plugin.registry)
+    return MetricsApp(plugin, chancy)
 
-    async def app(
+
+class MetricsApp:
+    """The ASGI application :func:`metrics_app` returns.
+
+    An object rather than a function, so that Starlette's ``Route("/metrics", app)``
+    treats it as an ASGI app (a plain function would be taken for a request handler).
+    """
+
+    def __init__(self, plugin: Metrics, chancy: Chancy | None) -> None:
+        self.plugin = plugin
+        self.chancy = chancy
+        self._inner = make_asgi_app(plugin.registry)
+
+    async def __call__(
+        self,
         scope: dict[str, Any],
         receive: Callable[[], Awaitable[dict[str, Any]]],
         send: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> None:
+        """Answer one ASGI connection (``http``; ``lifespan`` is acknowledged)."""
         if scope["type"] == "lifespan":  # served alone by an ASGI server: nothing to set up
             while True:
                 message = await receive()
@@ -622,8 +627,6 @@ def metrics_app(plugin: Metrics, chancy: Chancy | None = None) -> ASGIApp:
                     return
         if scope["type"] != "http":
             raise ValueError(f"metrics_app serves HTTP only, not {scope['type']!r}")
-        if chancy is not None:
-            await plugin.refresh_if_stale(chancy)
-        await inner(scope, receive, send)
-
-    return app
+        if self.chancy is not None:
+            await self.plugin.refresh_if_stale(self.chancy)
+        await self._inner(scope, receive, send)

@@ -8,7 +8,9 @@
   ``CONSUMER`` span ``process <queue>`` whose parent is the context read back from the
   meta (or, with ``link_only=True``, a new trace linked to it). The span is current while
   an ``async`` or ``thread`` job runs, so spans the job makes are its children. A job that
-  raises sets the span's status to ``ERROR`` and records the exception.
+  raises sets the span's status to ``ERROR``, ``error.type`` to the exception's class and
+  records the exception; a run the worker stops (time limit, cancellation, shutdown) sets
+  ``ERROR`` and ``error.type="cancelled"``.
 
 Attribute names follow OpenTelemetry's messaging semantic conventions (``messaging.*``).
 Without an SDK configured, OpenTelemetry's API is a no-op and so is this plugin, apart
@@ -22,11 +24,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from chancy_core import Chancy, Job, QueuedJob, hookimpl
@@ -56,9 +59,13 @@ MESSAGING_OPERATION_TYPE = "messaging.operation.type"
 MESSAGING_OPERATION_NAME = "messaging.operation.name"
 MESSAGING_BATCH_MESSAGE_COUNT = "messaging.batch.message_count"
 MESSAGING_CLIENT_ID = "messaging.client.id"
+ERROR_TYPE = "error.type"
 JOB_FUNC = "chancy.job.func"
 JOB_ATTEMPT = "chancy.job.attempt"
 JOB_MAX_ATTEMPTS = "chancy.job.max_attempts"
+
+
+_STOPPED = "stopped before it finished (time limit, cancellation or shutdown)"
 
 
 class OpenTelemetry:
@@ -146,7 +153,18 @@ class OpenTelemetry:
             kind=SpanKind.CONSUMER,
             attributes=attributes,
             links=links,
-            record_exception=True,
-            set_status_on_exception=True,
-        ):
-            yield
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield
+            except anyio.get_cancelled_exc_class():
+                # The worker stopped the run: its time limit, a cancellation or a shutdown.
+                span.set_attribute(ERROR_TYPE, "cancelled")
+                span.set_status(Status(StatusCode.ERROR, _STOPPED))
+                raise
+            except BaseException as exc:
+                span.record_exception(exc)
+                span.set_attribute(ERROR_TYPE, f"{type(exc).__module__}.{type(exc).__qualname__}")
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from chancy_core import Chancy, Job, Queue, QueuedJob, Worker
+from chancy_core import Chancy, Job, Limit, Queue, QueuedJob, Worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -31,6 +31,10 @@ def mark_current_span(label: str) -> str:
 
 async def fail_async() -> None:
     raise ValueError("bad input on purpose")
+
+
+async def sleep_long() -> None:
+    await anyio.sleep(30)
 
 
 def in_process() -> int:
@@ -123,9 +127,26 @@ async def test_a_failing_job_marks_its_run_span_as_an_error(
         assert "bad input on purpose" in (run.status.description or "")
         (event,) = [e for e in run.events if e.name == "exception"]
         assert dict(event.attributes or {})["exception.type"] == "ValueError"
+        assert dict(run.attributes or {})["error.type"] == "builtins.ValueError"
     (send,) = by_name(memory.get_finished_spans(), "send threads")
     assert send.context is not None
     assert {s.context.trace_id for s in runs if s.context} == {send.context.trace_id}
+
+
+async def test_a_run_stopped_by_its_time_limit_is_an_error_too(
+    database: str, run_worker: RunWorker, exporter: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, memory = exporter
+    async with Chancy(database, plugins=[OpenTelemetry(tracer_provider=provider)]) as app:
+        await app.declare(Queue("default"))
+        slow = Job.from_func(sleep_long).with_limits([Limit(Limit.Type.TIME, 1)])
+        (done,) = await run_all(app, run_worker, [str(await app.push(slow))])
+    assert done.state is QueuedJob.State.FAILED
+    (run,) = by_name(memory.get_finished_spans(), "process default")
+    assert run.status.status_code is StatusCode.ERROR
+    assert "time limit" in (run.status.description or "")
+    assert dict(run.attributes or {})["error.type"] == "cancelled"
+    assert 0.9 < (run.end_time or 0) / 1e9 - (run.start_time or 0) / 1e9 < 10
 
 
 async def test_jobs_on_a_process_executor_get_run_spans_in_the_worker_process(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from chancy_core import hookspecs
-from chancy_core.errors import PluginError
+from chancy_core.errors import JobCancelled, PluginError
 from chancy_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -53,8 +53,6 @@ class CoreDefaults:
     def chancy_retry_decision(
         self, worker: Worker, job: QueuedJob, error: BaseException
     ) -> datetime | bool:
-        from chancy_core.executors import JobCancelled
-
         if isinstance(error, JobCancelled) or job.attempts >= job.max_attempts:
             return False
         return datetime.now(UTC)

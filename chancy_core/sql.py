@@ -10,14 +10,17 @@ doubled (``'{{}}'`` is the JSON object ``'{}'``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cache
-from typing import LiteralString
+from typing import Any, LiteralString
 
 from psycopg import sql
 
-from chancy_core.errors import ConfigurationError
+from chancy_core.errors import ConfigurationError, InvalidJobError
+from chancy_core.job import FUNC_NAME, Limit, QueuedJob
+from chancy_core.queue import Queue
 
-__all__ = ["Schema"]
+__all__ = ["Schema", "job_from_row", "queue_from_row"]
 
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z_][a-z0-9_]*)\}(?!\})")
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,29}\Z")  # \Z: $ would allow a trailing newline
@@ -61,6 +64,61 @@ JOB_COLUMNS: LiteralString = (
     "id, queue, func, kwargs, meta, priority, max_attempts, attempts, state, scheduled_at,"
     " started_at, completed_at, limits, unique_key, errors"
 )
+# The position of each of JOB_COLUMNS in a row: rows stay tuples (fast), read by these names.
+(
+    J_ID,
+    J_QUEUE,
+    J_FUNC,
+    J_KWARGS,
+    J_META,
+    J_PRIORITY,
+    J_MAX_ATTEMPTS,
+    J_ATTEMPTS,
+    J_STATE,
+    J_SCHEDULED_AT,
+    J_STARTED_AT,
+    J_COMPLETED_AT,
+    J_LIMITS,
+    J_UNIQUE_KEY,
+    J_ERRORS,
+) = range(15)
+
+_STATES = {state.value: state for state in QueuedJob.State}
+
+
+def job_from_row(row: Sequence[Any]) -> QueuedJob:
+    """Build a :class:`QueuedJob` from a row of ``JOB_COLUMNS``.
+
+    Only the few checks a row written by hand can fail are made; the schema constrains
+    the rest (a claimed job is not validated again)."""
+    func = row[J_FUNC]
+    meta = row[J_META]
+    kwargs = row[J_KWARGS]
+    if not isinstance(func, str) or not FUNC_NAME.match(func):
+        raise InvalidJobError(f"invalid func {func!r}: not an importable name")
+    if not isinstance(meta, dict):
+        raise InvalidJobError(f"meta must be a dict, not {type(meta).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise InvalidJobError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+    limits = row[J_LIMITS]
+    return QueuedJob.from_trusted(
+        id=str(row[J_ID]),
+        queue=row[J_QUEUE],
+        func=func,
+        kwargs=kwargs,
+        meta=meta,
+        priority=row[J_PRIORITY],
+        max_attempts=row[J_MAX_ATTEMPTS],
+        attempts=row[J_ATTEMPTS],
+        state=_STATES[row[J_STATE]],
+        scheduled_at=row[J_SCHEDULED_AT],
+        started_at=row[J_STARTED_AT],
+        completed_at=row[J_COMPLETED_AT],
+        limits=[Limit.deserialize(limit) for limit in limits] if limits else [],
+        unique_key=row[J_UNIQUE_KEY],
+        errors=row[J_ERRORS],
+    )
+
 
 # --- pushing -------------------------------------------------------------------------------
 
@@ -167,6 +225,26 @@ WITH upserted AS (
 SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM upserted
 """
 
+(Q_NAME, Q_CONCURRENCY, Q_EXECUTOR, Q_OPTIONS, Q_INTERVAL, Q_RATE, Q_WINDOW, Q_TAGS, Q_STATE) = (
+    range(9)
+)
+
+
+def queue_from_row(row: Sequence[Any]) -> Queue:
+    """Build a :class:`Queue` from a row of ``QUEUE_COLUMNS``."""
+    return Queue(
+        row[Q_NAME],
+        concurrency=row[Q_CONCURRENCY],
+        executor=row[Q_EXECUTOR],
+        executor_options=row[Q_OPTIONS],
+        polling_interval=row[Q_INTERVAL],
+        rate_limit=row[Q_RATE],
+        rate_limit_window=row[Q_WINDOW],
+        tags=frozenset(row[Q_TAGS]),
+        state=Queue.State(row[Q_STATE]),
+    )
+
+
 SELECT_QUEUES: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} ORDER BY name"
 
 SELECT_QUEUE: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} WHERE name = %(name)s"
@@ -195,12 +273,6 @@ ON CONFLICT (worker_id) DO UPDATE SET
 """
 
 DELETE_WORKER: LiteralString = "DELETE FROM {workers} WHERE worker_id = %(worker_id)s"
-
-# The ids of this worker's running jobs that someone asked to cancel.
-SELECT_CANCELLED: LiteralString = """
-SELECT id FROM {jobs}
-WHERE state = 'running' AND taken_by = %(worker_id)s AND cancelled_at IS NOT NULL
-"""
 
 # Every job the database says this worker runs (the heartbeat's check): whether someone
 # asked to cancel it, and whether it was claimed more than %(age)s seconds ago (a job the

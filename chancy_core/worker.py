@@ -68,27 +68,25 @@ import anyio.abc
 import psycopg
 from psycopg import sql
 
+from chancy_core import events
 from chancy_core import sql as q
-from chancy_core.app import Chancy, job_from_row, queue_from_row
+from chancy_core.app import Chancy
 from chancy_core.errors import (
     TRANSIENT_ERRORS,
     ConfigurationError,
     DatabaseUnavailableError,
+    JobCancelled,
     JobNotAllowedError,
     SchemaMissingError,
+    TimeLimitExceeded,
     WorkerError,
 )
-from chancy_core.executors import (
-    Executor,
-    JobCancelled,
-    TimeLimitExceeded,
-    make_executor,
-    resolve_function,
-)
+from chancy_core.executors import Executor, make_executor, resolve_function
 from chancy_core.hookspecs import WorkerTask
 from chancy_core.job import Limit, QueuedJob, registered_jobs
 from chancy_core.plugins import CoreDefaults, call_event, implemented
 from chancy_core.queue import Queue
+from chancy_core.sql import job_from_row, queue_from_row
 
 __all__ = ["Worker"]
 
@@ -577,19 +575,17 @@ class Worker:
             delay = min(delay * 2, _MAX_BACKOFF)
 
     def _on_notification(self, payload: str) -> None:
-        try:  # anyone may NOTIFY on the channel: a malformed event is ignored
-            event = json.loads(payload)
-            kind = event.get("e")
-            if kind == "pushed":
-                loop = self.queues.get(str(event.get("q")))
-                if loop is not None:
-                    loop.poke()
-            elif kind == "queue":
-                self._queues_changed.set()
-            elif kind == "cancel":
-                self._cancel_running({str(i) for i in event.get("ids") or ()})
-        except Exception:
+        event = events.parse(payload)  # anyone may NOTIFY on the channel: None if malformed
+        if event is None:
             log.debug("ignoring a malformed notification: %r", payload)
+        elif event.kind == events.PUSHED:
+            loop = self.queues.get(str(event.queue))
+            if loop is not None:
+                loop.poke()
+        elif event.kind == events.QUEUE:
+            self._queues_changed.set()
+        elif event.kind == events.CANCEL:
+            self._cancel_running(set(event.ids))
 
     def _cancel_running(self, ids: set[str]) -> None:
         for loop in self._all_loops():
@@ -610,8 +606,8 @@ class Worker:
                     self._schema.render(q.SELECT_OWN_RUNNING),
                     {"worker_id": self.worker_id, "age": 2 * self.heartbeat_interval + 2.0},
                 )
-                self._cancel_running({str(row[0]) for row in rows if row[1]})
-                await self._release_orphans([row[0] for row in rows if row[2]])
+                self._cancel_running({str(job_id) for job_id, asked, _ in rows if asked})
+                await self._release_orphans([job_id for job_id, _, old in rows if old])
             except TRANSIENT as exc:
                 log.warning("heartbeat failed (%s); will try again", exc)
                 await self._check_pool()
@@ -813,7 +809,7 @@ class Worker:
                 rows, limited = await self._claim_on(conn, queue, limit)
             finally:
                 await pool.putconn(conn)
-            for row in sorted(rows, key=lambda r: (-r[5], r[0])):
+            for row in sorted(rows, key=lambda r: (-r[q.J_PRIORITY], r[q.J_ID])):
                 self._start_job(loop, row)
         if shield.cancelled_caught:
             raise DatabaseUnavailableError(f"claiming from {queue.name} did not finish in time")
@@ -860,13 +856,13 @@ class Worker:
         except Exception as exc:  # a row written by hand that is not a valid job
             self._record(
                 _Outcome(
-                    str(row[0]),
-                    row[7],
-                    "failed",
-                    _storable(f"invalid job row, not run: {exc}"),
-                    None,
-                    None,
-                    row[1],
+                    id=str(row[q.J_ID]),
+                    attempt=row[q.J_ATTEMPTS],
+                    state="failed",
+                    error=_storable(f"invalid job row, not run: {exc}"),
+                    scheduled_at=None,
+                    meta=None,
+                    queue=row[q.J_QUEUE],
                 )
             )
             return

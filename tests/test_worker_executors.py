@@ -100,7 +100,7 @@ async def test_crashed_process_fails_its_job_and_the_pool_goes_on(chancy, run_wo
     assert [e["attempt"] for e in failed.errors] == [1, 2]
     text = failed.errors[-1]["traceback"]
     last = text.strip().splitlines()[-1]
-    assert last.startswith("chancy_core.executors.JobCrashed: the process running job")
+    assert last.startswith("chancy_core.errors.JobCrashed: the process running job")
     assert "exited unexpectedly" in last
     assert ("exit code 3" if how == "exit" else "killed by SIGKILL") in text
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from chancy_core.errors import JobCancelled, JobCrashed, MemoryLimitExceeded, TimeLimitExceeded
 from chancy_core.job import QueuedJob, registered_jobs
 
 __all__ = [
@@ -39,22 +40,6 @@ __all__ = [
     "make_executor",
     "resolve_function",
 ]
-
-
-class JobCancelled(Exception):
-    """The job was cancelled with ``cancel_job``; it is not retried."""
-
-
-class TimeLimitExceeded(TimeoutError):
-    """The job ran past its time limit."""
-
-
-class MemoryLimitExceeded(MemoryError):
-    """The job's process used more resident memory than its limit allowed."""
-
-
-class JobCrashed(Exception):
-    """The process running the job exited without reporting an outcome."""
 
 
 class Executor(Protocol):

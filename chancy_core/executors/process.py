@@ -16,7 +16,7 @@ that starts a worker must do so under ``if __name__ == "__main__":``, or each
 child starts another worker.
 
 A child that dies (``os._exit``, a signal, the kernel's out-of-memory killer)
-fails its job with :class:`~chancy_core.executors.JobCrashed` saying how it
+fails its job with :class:`~chancy_core.errors.JobCrashed` saying how it
 ended. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
 reaping a child never blocks the event loop.
 """
@@ -36,9 +36,8 @@ from typing import Any
 
 import anyio
 
+from chancy_core.errors import JobCrashed, MemoryLimitExceeded, RemoteError
 from chancy_core.executors import (
-    JobCrashed,
-    MemoryLimitExceeded,
     _await,
     call_function,
     is_async,
@@ -49,10 +48,6 @@ from chancy_core.job import Limit, QueuedJob
 __all__ = ["ProcessExecutor", "RemoteError"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-class RemoteError(Exception):
-    """An exception raised in a child that could not be sent back as itself."""
 
 
 def _dumps(value: Any) -> bytes | None:

@@ -28,7 +28,7 @@ from psycopg.adapt import AdaptersMap
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from chancy_core import events
+from chancy_core import events, hooks
 from chancy_core import sql as q
 from chancy_core.errors import (
     ConfigurationError,
@@ -37,6 +37,7 @@ from chancy_core.errors import (
     JobNotFoundError,
     SchemaMissingError,
 )
+from chancy_core.hooks import implemented
 from chancy_core.job import (
     IsAJob,
     Job,
@@ -46,7 +47,7 @@ from chancy_core.job import (
     to_json,
 )
 from chancy_core.migrations import MigrationSet, apply, load_migrations
-from chancy_core.plugins import build_plugin_manager, implemented
+from chancy_core.plugins import build_plugin_manager
 from chancy_core.queue import Queue
 from chancy_core.sql import job_from_row, queue_from_row
 
@@ -434,7 +435,7 @@ class Chancy:
                 )
             result.append(found)
         if result and implemented(self.plugins.hook.chancy_before_push):
-            self.plugins.hook.chancy_before_push(app=self, jobs=result)
+            hooks.call_sync_event(self.plugins.hook.chancy_before_push, app=self, jobs=result)
         return result
 
     def _push_op(self, jobs: list[Job]) -> Operation:

@@ -56,11 +56,10 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from types import TracebackType
 from typing import Any, Self
 
 import anyio
@@ -82,9 +81,9 @@ from chancy_core.errors import (
     WorkerError,
 )
 from chancy_core.executors import Executor, make_executor, resolve_function
+from chancy_core.hooks import Guarded, HookFlags, call_event, decide, results
 from chancy_core.hookspecs import WorkerTask
 from chancy_core.job import Limit, QueuedJob, registered_jobs
-from chancy_core.plugins import CoreDefaults, call_event, implemented
 from chancy_core.queue import Queue
 from chancy_core.sql import job_from_row, queue_from_row
 
@@ -176,38 +175,6 @@ def _signature(func: Callable[..., Any]) -> str:
         return str(inspect.signature(func))
     except (TypeError, ValueError):
         return "(...)"
-
-
-class _Guarded:
-    """A plugin's ``chancy_job_wrap`` context manager, isolated: if entering or exiting it
-    raises, the error is logged and the job goes on (a plugin never fails a job)."""
-
-    def __init__(self, cm: AbstractAsyncContextManager[Any], plugin: str) -> None:
-        self.cm = cm
-        self.plugin = plugin
-        self.entered = False
-
-    async def __aenter__(self) -> None:
-        try:
-            await self.cm.__aenter__()
-            self.entered = True
-        except Exception:
-            log.exception("plugin %s failed entering chancy_job_wrap; carrying on", self.plugin)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if not self.entered:
-            return False
-        try:
-            return bool(await self.cm.__aexit__(exc_type, exc, tb))
-        except Exception as raised:
-            if raised is not exc:
-                log.exception("plugin %s failed exiting chancy_job_wrap; carrying on", self.plugin)
-            return False
 
 
 class _QueueLoop:
@@ -310,19 +277,11 @@ class Worker:
         self._leader_tasks: list[tuple[str, WorkerTask]] = []
         self._leader_scope: anyio.CancelScope | None = None
         self._elects = False
-        self._has = {
-            name: implemented(getattr(self._hooks, name))
-            for name in (
-                "chancy_job_starting",
-                "chancy_job_wrap",
-                "chancy_job_completed",
-            )
-        }
-        # The plugins' job wrappers in pluggy's call order (tryfirst ones outermost).
-        self._wrappers = list(reversed(self._hooks.chancy_job_wrap.get_hookimpls()))
-        self._retry_hooks = len(self._hooks.chancy_retry_decision.get_hookimpls()) > 1
+        self._flags = HookFlags.of(self._hooks)
         # Whether plugins may change a job's meta, which is then written back if changed.
-        self._meta_hooks = any(self._has.values()) or self._retry_hooks
+        self._meta_hooks = (
+            self._flags.starting or self._flags.wrap or self._flags.completed or self._flags.retry
+        )
         self._retired: set[_QueueLoop] = set()
         # Outcomes recorded but not yet written, by queue: with the running jobs they may
         # be at most 2 x concurrency, so a slow write cannot let claims run ahead unbounded.
@@ -705,15 +664,8 @@ class Worker:
             else:
                 tg.start_soon(self._keep_running, name, func)
 
-        for impl in self._hooks.chancy_worker_tasks.get_hookimpls():
-            args = {"worker": self, "register": register}
-            try:
-                impl.function(*[args[arg] for arg in impl.argnames])
-            except Exception:
-                log.exception(
-                    "plugin %s failed in chancy_worker_tasks; its tasks may not run",
-                    impl.plugin_name,
-                )
+        for _ in results(self._hooks.chancy_worker_tasks, worker=self, register=register):
+            pass  # a plugin that raises is logged (its tasks may not run) and skipped
 
     async def _keep_running(self, name: str, func: WorkerTask) -> None:
         while True:
@@ -919,19 +871,13 @@ class Worker:
         self._checked[name] = func
         return func
 
-    def _wrap(self, job: QueuedJob) -> list[_Guarded]:
-        """The plugins' context managers for this job (a plugin that raises is skipped)."""
-        wrappers = []
-        for impl in self._wrappers:
-            args: dict[str, Any] = {"worker": self, "job": job}
-            try:
-                cm: Any = impl.function(*[args[arg] for arg in impl.argnames])
-            except Exception:
-                log.exception("plugin %s failed in chancy_job_wrap; carrying on", impl.plugin_name)
-                continue
-            if cm is not None:
-                wrappers.append(_Guarded(cm, impl.plugin_name))
-        return wrappers
+    def _wrap(self, job: QueuedJob) -> list[Guarded]:
+        """The plugins' context managers for this job, in pluggy's call order (tryfirst
+        ones outermost); a plugin that raises is logged and skipped."""
+        return [
+            Guarded(cm, plugin)
+            for plugin, cm in results(self._hooks.chancy_job_wrap, worker=self, job=job)
+        ]
 
     async def _run_job(self, loop: _QueueLoop, running: _Running) -> None:
         job = running.job
@@ -946,14 +892,14 @@ class Worker:
             )
             kwargs = job.kwargs or {}
             permanent = False
-            if self._has["chancy_job_starting"]:
+            if self._flags.starting:
                 await call_event(self._hooks.chancy_job_starting, worker=self, job=job)
             scope = running.scope
             stopped: BaseException | None = None
             try:
                 with scope:
                     started = _nothing if seconds is None else partial(_deadline, scope, seconds)
-                    if self._wrappers:
+                    if self._flags.wrap:
                         async with AsyncExitStack() as stack:
                             for cm in self._wrap(job):
                                 await stack.enter_async_context(cm)
@@ -1004,11 +950,7 @@ class Worker:
             self._finishing.discard(job.id)
 
     def _decide_retry(self, job: QueuedJob, error: BaseException) -> Any:
-        try:
-            return self._hooks.chancy_retry_decision(worker=self, job=job, error=error)
-        except Exception:
-            log.exception("a plugin failed in chancy_retry_decision; using the default policy")
-            return CoreDefaults().chancy_retry_decision(self, job, error)
+        return decide(self._hooks.chancy_retry_decision, worker=self, job=job, error=error)
 
     async def _complete(
         self,
@@ -1039,7 +981,7 @@ class Worker:
         text = None
         if error is not None:
             text = _storable("".join(traceback.format_exception(error)).strip())
-        if self._has["chancy_job_completed"]:
+        if self._flags.completed:
             # Not dataclasses.replace: the claimed row is not validated again (see job_from_row).
             done = QueuedJob.from_trusted(**{**job.__dict__, "state": state})
             await call_event(

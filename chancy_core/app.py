@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
 import anyio
@@ -47,6 +47,7 @@ from chancy_core.job import (
     to_json,
 )
 from chancy_core.migrations import MigrationSet, apply, load_migrations
+from chancy_core.ops import Operation
 from chancy_core.plugins import build_plugin_manager
 from chancy_core.queue import Queue
 from chancy_core.sql import job_from_row, queue_from_row
@@ -58,9 +59,6 @@ log = logging.getLogger(__name__)
 DSN_ENV = "CHANCY_DSN"
 FINAL_STATES = frozenset({QueuedJob.State.SUCCEEDED, QueuedJob.State.FAILED})
 
-Rows = list[tuple[Any, ...]]
-Step = tuple[bytes, dict[str, Any]]
-Operation = Generator[Step, Rows, Any]
 AnyExecutor = (
     psycopg.AsyncConnection[Any]
     | psycopg.AsyncCursor[Any]

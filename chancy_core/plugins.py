@@ -30,8 +30,8 @@ from chancy_core.hooks import CORE_DEFAULTS, call_event, implemented
 from chancy_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from chancy_core.hookspecs import WorkerHandle
     from chancy_core.job import QueuedJob
-    from chancy_core.worker import Worker
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -53,12 +53,12 @@ class CoreDefaults:
     name = CORE_DEFAULTS
 
     @hookimpl(trylast=True)
-    def chancy_elects_leader(self, worker: Worker) -> bool:
+    def chancy_elects_leader(self, worker: WorkerHandle) -> bool:
         return False
 
     @hookimpl(trylast=True)
     def chancy_retry_decision(
-        self, worker: Worker, job: QueuedJob, error: BaseException
+        self, worker: WorkerHandle, job: QueuedJob, error: BaseException
     ) -> datetime | bool:
         if isinstance(error, JobCancelled) or job.attempts >= job.max_attempts:
             return False

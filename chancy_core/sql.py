@@ -278,7 +278,8 @@ DELETE_WORKER: LiteralString = "DELETE FROM {workers} WHERE worker_id = %(worker
 # asked to cancel it, and whether it was claimed more than %(age)s seconds ago (a job the
 # worker does not know of after that is an orphan of a claim whose answer was lost).
 SELECT_OWN_RUNNING: LiteralString = """
-SELECT id, cancelled_at IS NOT NULL, started_at < now() - make_interval(secs => %(age)s)
+SELECT id, cancelled_at IS NOT NULL, started_at < now() - make_interval(secs => %(age)s),
+       claim_token
 FROM {jobs}
 WHERE state = 'running' AND taken_by = %(worker_id)s
 """
@@ -296,10 +297,12 @@ WITH claimed AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {jobs} AS j
-SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s
+SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s,
+    claim_token = %(token)s
 FROM claimed
 WHERE j.id = claimed.id
 RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+# A claimed row is JOB_COLUMNS; the claim's token is not part of the job, the worker keeps it.
 
 # Take up to %(wanted)s tokens of a queue's rate limit for the current fixed window, on the
 # database's clock; returns how many were granted. Run in the claim's transaction: the row
@@ -334,13 +337,14 @@ RETURN_RATE_TOKENS: LiteralString = """
 UPDATE {queue_rates} SET used = greatest(used - %(unused)s, 0) WHERE queue = %(queue)s
 """
 
-# Write many outcomes at once. Fenced: only a job this worker still owns in
-# state 'running', at the attempt it ran, is changed.
+# Write many outcomes at once. Fenced: only a job this worker still holds in state
+# 'running', under the claim (its token) that ran it, is changed. Returns the ids written:
+# only those outcomes are reported to plugins.
 COMPLETE_JOBS: LiteralString = """
 WITH outcome AS (
     -- One JSON array of outcomes: encoding it is far cheaper than six parameter arrays.
     SELECT * FROM json_to_recordset(%(outcomes)s::json)
-        AS o(id uuid, attempt int, state text, error text, scheduled_at timestamptz, meta text)
+        AS o(id uuid, token uuid, state text, error text, scheduled_at timestamptz, meta text)
 ), done AS (
     UPDATE {jobs} AS j
     SET state = o.state,
@@ -351,12 +355,13 @@ WITH outcome AS (
         scheduled_at = coalesce(o.scheduled_at, j.scheduled_at),
         meta = coalesce(o.meta::jsonb, j.meta),
         taken_by = NULL,
-        cancelled_at = NULL
+        cancelled_at = NULL,
+        claim_token = NULL
     FROM outcome AS o
     -- IS NOT DISTINCT FROM: a filter, not an index condition, so the plan looks each job
     -- up by primary key instead of scanning all of this worker's running rows.
     WHERE j.id = o.id AND j.state = 'running' AND j.taken_by IS NOT DISTINCT FROM %(worker_id)s
-      AND j.attempts = o.attempt
+      AND j.claim_token IS NOT DISTINCT FROM o.token
     RETURNING j.id, j.state
 ), notified AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
@@ -365,15 +370,19 @@ WITH outcome AS (
         HAVING count(*) > 0
     ) AS finished
 )
-SELECT count(*) FROM done, notified
+SELECT done.id FROM done, notified
 """
 
-# Put a worker's running jobs back to run again (graceful shutdown, lost jobs).
+# Put a worker's running jobs back to run again (graceful shutdown, lost jobs), each fenced
+# on the claim that took it (the heartbeat reads the token of an orphan with its id).
 RELEASE_JOBS: LiteralString = """
-UPDATE {jobs}
-SET state = 'pending', attempts = greatest(attempts - 1, 0), taken_by = NULL, started_at = NULL
-WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND taken_by = %(worker_id)s
-RETURNING id
+UPDATE {jobs} AS j
+SET state = 'pending', attempts = greatest(j.attempts - 1, 0), taken_by = NULL,
+    started_at = NULL, claim_token = NULL
+FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS r(id, token)
+WHERE j.id = r.id AND j.state = 'running' AND j.taken_by = %(worker_id)s
+  AND j.claim_token IS NOT DISTINCT FROM r.token
+RETURNING j.id
 """
 
 NOTIFY: LiteralString = "SELECT pg_notify(%(channel)s, %(payload)s)"

@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg import sql
 
-from chancy_core import Chancy, Job, QueuedJob, Reference, hookimpl, job
+from chancy_core import Chancy, Job, Outcome, QueuedJob, Reference, hookimpl, job
 
 # --- shared state of jobs that run in the test's own process (async and thread) ------------
 
@@ -222,12 +222,11 @@ class Recorder:
         self.started[job.id] = time.monotonic()
 
     @hookimpl
-    def chancy_job_completed(
-        self, job: QueuedJob, error: BaseException | None, result: Any
-    ) -> None:
-        self.results[job.id] = result
-        self.errors[job.id] = error
-        self.states[job.id] = job.state.value
+    def chancy_job_completed(self, job: QueuedJob, outcome: Outcome) -> None:
+        self.results[job.id] = outcome.result
+        self.errors[job.id] = outcome.error
+        self.states[job.id] = outcome.state.value
+        assert job.state is outcome.state
 
 
 # --- helpers ----------------------------------------------------------------------------------

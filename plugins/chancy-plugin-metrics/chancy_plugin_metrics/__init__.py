@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from chancy_core import Chancy, QueuedJob, hookimpl
+from chancy_core import Chancy, Outcome, QueuedJob, hookimpl
 from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError
 from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_metrics import queries as q
@@ -41,7 +41,7 @@ from chancy_plugin_metrics.server import serve
 
 if TYPE_CHECKING:
     from chancy_core.hookspecs import RegisterTask
-    from chancy_core.worker import Worker
+    from chancy_core.hookspecs import WorkerHandle as Worker
 
 __all__ = ["DEFAULT_BUCKETS", "PORT_ENV", "HistoryRow", "Metrics"]
 
@@ -191,8 +191,9 @@ class Metrics:
         return self._timed(job.id)
 
     @hookimpl
-    def chancy_job_completed(self, worker: Worker, job: QueuedJob) -> None:
-        self.record(job, self._timings.pop(job.id, None))
+    def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
+        self._timings.pop(job.id, None)
+        self.record(job, outcome.run_seconds)
 
     # --- recording -----------------------------------------------------------------------
 

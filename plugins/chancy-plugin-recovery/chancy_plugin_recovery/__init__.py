@@ -46,7 +46,8 @@ from chancy_core.errors import (
 from chancy_core.hookspecs import RegisterTask
 
 if TYPE_CHECKING:
-    from chancy_core import Chancy, Worker
+    from chancy_core import Chancy
+    from chancy_core import WorkerHandle as Worker
 
 __all__ = ["KEY", "Recovery", "Rescue"]
 

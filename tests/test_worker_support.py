@@ -185,6 +185,17 @@ def raise_odd() -> None:
     raise OddError(1, 2)
 
 
+def note_progress(step: int, job_context: QueuedJob) -> None:
+    """Records its progress in its own meta (saved with the outcome), then fails if asked."""
+    job_context.meta["progress"] = {"step": step, "pid": os.getpid()}
+    if step < 0:
+        raise ValueError("failed after noting progress")
+
+
+async def async_note_progress(step: int, job_context: QueuedJob) -> None:
+    note_progress(step, job_context)
+
+
 def context(job_context: QueuedJob) -> dict[str, Any]:
     return {
         "id": job_context.id,

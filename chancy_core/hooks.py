@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -50,7 +50,8 @@ def implemented(hook: pluggy.HookCaller) -> bool:
 
 def _call_one(hook: pluggy.HookCaller, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
     """Call one implementation through pluggy (traced); its result, or ``None``."""
-    found = hook._hookexec(hook.name, [impl], kwargs, False)
+    # Not firstresult: pluggy returns the list of non-None results (here 0 or 1).
+    found = cast("list[Any]", hook._hookexec(hook.name, [impl], kwargs, False))
     return found[0] if found else None
 
 

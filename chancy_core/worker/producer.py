@@ -79,7 +79,7 @@ class QueueProducer:
         self.executor: Executor = make_executor(
             queue.executor, queue.concurrency, queue.executor_options
         )
-        self.slots = Slots(queue.concurrency, None if previous is None else previous.slots)
+        self.slots: Slots = Slots(queue.concurrency, None if previous is None else previous.slots)
         self._claim = claim
         self._start = start
         self._unwritten = unwritten

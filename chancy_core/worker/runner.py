@@ -20,6 +20,7 @@ import anyio.abc
 from chancy_core.errors import JobCancelled, TimeLimitExceeded
 from chancy_core.executors import Executor, wants_context
 from chancy_core.hooks import Guarded, HookFlags, call_event, decide, results
+from chancy_core.hookspecs import WorkerHandle
 from chancy_core.job import Limit, QueuedJob
 from chancy_core.outcome import Outcome, RetryDecision
 from chancy_core.worker.completer import Completion, storable
@@ -77,7 +78,7 @@ class JobRunner:
     ``chancy_retry_decision`` and returns the :class:`Completion` to write (``None``
     when the shutdown stopped the job: the worker puts it back to ``pending``)."""
 
-    def __init__(self, resolver: FunctionResolver, hook: Any, worker: Any) -> None:
+    def __init__(self, resolver: FunctionResolver, hook: Any, worker: WorkerHandle) -> None:
         self.resolver = resolver
         self.hook = hook
         self.worker = worker  # the WorkerHandle given to hooks

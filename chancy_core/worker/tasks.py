@@ -10,7 +10,7 @@ import anyio.abc
 
 from chancy_core.errors import WorkerError
 from chancy_core.hooks import call_event, call_sync_event
-from chancy_core.hookspecs import WorkerTask
+from chancy_core.hookspecs import WorkerHandle, WorkerTask
 
 __all__ = ["PluginTasks"]
 
@@ -22,7 +22,7 @@ class PluginTasks:
     a pause if it raises; leader-only ones run only while this worker leads (all
     started together when it becomes leader, all cancelled together when it stops)."""
 
-    def __init__(self, hook: Any, worker: Any) -> None:
+    def __init__(self, hook: Any, worker: WorkerHandle) -> None:
         self.hook = hook
         self.worker = worker  # the WorkerHandle given to hooks and tasks
         #: Whether this worker leads. Changed only by set_leader().

@@ -98,3 +98,35 @@ def test_each_module_imports_alone_in_a_fresh_interpreter() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+#: What plugins may import of the core: its public names (``chancy_core.cli`` for the
+#: helpers that build plugins' own commands).
+PUBLIC = {
+    "chancy_core",
+    "chancy_core.cli",
+    "chancy_core.errors",
+    "chancy_core.hookspecs",
+    "chancy_core.migrations",
+}
+
+
+def test_plugins_reach_the_core_only_through_public_names() -> None:
+    repo = ROOT.parent
+    sources = [
+        *repo.glob("plugins/chancy-plugin-*/chancy_plugin_*/**/*.py"),
+        *repo.glob("examples/chancy-plugin-example/chancy_plugin_example/**/*.py"),
+    ]
+    assert len(sources) >= 7
+    found: dict[str, set[str]] = {}
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                if name.startswith("chancy_core") and name not in PUBLIC:
+                    found.setdefault(name, set()).add(str(path.relative_to(repo)))
+    assert not found, found

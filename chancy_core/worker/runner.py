@@ -196,8 +196,8 @@ class JobRunner:
             new_meta = {**job.meta, **meta_changes} if meta_changes else job.meta
             try:
                 meta = json.dumps(new_meta)
-            except (TypeError, ValueError) as exc:
-                log.error("job %s: its meta is not JSON (%s); not saved", job.id, exc)
+            except Exception as exc:  # not JSON, or changed meanwhile by an abandoned thread
+                log.error("job %s: its meta could not be saved (%s)", job.id, exc)
             else:
                 if meta == meta_before:
                     meta = None

@@ -11,7 +11,12 @@ may accept any subset of a hook's arguments. Two kinds of hook exist:
   kills a worker.
 
 A hook nobody implements costs nothing on the per-job path: the worker checks
-once, at start, which hooks have implementations.
+once, at start, which hooks have implementations. Every call goes through
+:mod:`chancy_core.hooks`, so pluggy's tracing sees it.
+
+Worker hooks receive a :class:`WorkerHandle`, the part of the worker plugins may
+rely on; ``chancy_job_completed`` receives a :class:`~chancy_core.Outcome`, and
+``chancy_retry_decision`` may return a :class:`~chancy_core.RetryDecision`.
 """
 
 from __future__ import annotations

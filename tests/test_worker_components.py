@@ -146,7 +146,8 @@ class Reporter:
         self.seen: list[tuple[str, Outcome]] = []
 
     @hookimpl
-    def chancy_job_completed(self, job: QueuedJob, outcome: Outcome) -> None:
+    async def chancy_job_completed(self, job: QueuedJob, outcome: Outcome) -> None:
+        await anyio.sleep(0)  # event hooks may be async
         self.seen.append((job.id, outcome))
 
 

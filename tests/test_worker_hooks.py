@@ -285,3 +285,34 @@ async def test_an_outcome_the_database_refuses_is_written_without_meta(database,
                 jobs = await s.wait_all(chancy, refs, "succeeded")
                 assert not worker._stopped.is_set()
     assert all(j.meta == {} for j in jobs)
+
+
+class Swallow:
+    """A wrapper whose exit returns true, as if to suppress the job's exception."""
+
+    name = "swallow"
+
+    @hookimpl
+    def chancy_job_wrap(self, job):
+        class Suppress:
+            async def __aenter__(self):
+                return None
+
+            async def __aexit__(self, *exc_info):
+                return True
+
+        return Suppress()
+
+
+async def test_a_wrapper_cannot_turn_a_failure_into_a_success(database, run_worker, caplog):
+    caplog.set_level(logging.WARNING, logger="chancy_core")
+    async with Chancy(database, plugins=[Swallow()]) as chancy:
+        with anyio.fail_after(10):
+            await chancy.declare(Queue("q", polling_interval=0.1))
+            async with run_worker(chancy):
+                bad = await chancy.push(s.make_job(s.fail, "q", message="kept"))
+                good = await chancy.push(s.make_job(s.sync_add, "q", a=1, b=1))
+                failed = await s.wait_state(chancy, bad, "failed")
+                await s.wait_state(chancy, good, "succeeded")
+    assert "ValueError: kept" in failed.errors[0]["traceback"]
+    assert "tried to suppress" in caplog.text

@@ -122,16 +122,16 @@ class QueueSet:
         whose last job it was, and wake the queue's current producer."""
         producer_of_queue = self.producers.get(producer.queue.name)
         if producer.retired:
-            if not producer.running and producer in self._retired:
+            # Closing (the shutdown), it stays listed: the worker's final clean-up closes it.
+            if not producer.running and producer in self._retired and not self._closing:
                 self._retired.discard(producer)
                 self._close(producer)
             if producer_of_queue is not None:
                 producer_of_queue.wake()  # a slot of the queue's new producer freed
 
     def _close(self, producer: QueueProducer) -> None:
-        if self._tg is not None and not self._closing:
-            self._tg.start_soon(producer.executor.aclose)
-        # else: the worker's final clean-up closes it
+        assert self._tg is not None
+        self._tg.start_soon(producer.executor.aclose)
 
     async def run(self, read: Callable[[], Awaitable[list[Queue]]]) -> None:
         """Re-read the declarations when told to (a ``queue`` event), or every second at

@@ -23,7 +23,7 @@ import sentry_sdk
 from sentry_sdk.utils import event_from_exception
 
 from chancy_core import Job, Outcome, QueuedJob, hookimpl
-from chancy_core.errors import ConfigurationError
+from chancy_core.errors import ConfigurationError, JobCancelled
 
 if TYPE_CHECKING:
     from chancy_core.hookspecs import WorkerHandle as Worker
@@ -36,7 +36,7 @@ META_KEY = "sentry"
 CONTEXT = "chancy job"
 """The name of the event context holding the job's fields."""
 
-DEFAULT_IGNORE: tuple[str, ...] = ("chancy_core.executors.JobCancelled",)
+DEFAULT_IGNORE: tuple[type[BaseException] | str, ...] = (JobCancelled,)
 """Errors not reported by default: a job cancelled on purpose is not a bug."""
 
 _MAX_TAG = 200  # Sentry truncates tag values at 200 characters

@@ -12,8 +12,8 @@ import sys
 
 import anyio
 import pytest
-from psycopg.conninfo import make_conninfo
 import test_worker_support as s
+from psycopg.conninfo import make_conninfo
 
 from chancy_core import Chancy, Job, Queue
 from chancy_core.errors import WorkerError

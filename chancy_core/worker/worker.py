@@ -412,15 +412,15 @@ class Worker:
         back to ``pending``, write every outcome, and unregister."""
         with anyio.CancelScope(shield=True):
             self._queues.close()  # stop claiming; running jobs go on
-            running = len(self._all_running())
-            if running:
+            unfinished = len(self._all_running())
+            if unfinished:
                 log.info(
                     "worker %s is shutting down: waiting up to %.1fs for %d running job%s to"
                     " finish (a second signal stops them at once)",
                     self.worker_id,
                     self.shutdown_timeout,
-                    running,
-                    "" if running == 1 else "s",
+                    unfinished,
+                    "" if unfinished == 1 else "s",
                     extra={"worker_id": self.worker_id},
                 )
             with anyio.move_on_after(self.shutdown_timeout) as self._drain_scope:

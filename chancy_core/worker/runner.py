@@ -327,7 +327,8 @@ def _log_failure(
     job: QueuedJob, state: QueuedJob.State, error: BaseException, at: datetime | None
 ) -> None:
     """One INFO line per failed attempt: cancelled, retried or failed for good."""
-    what = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    first = next((line for line in str(error).splitlines() if line.strip()), "")
+    what = f"{type(error).__name__}: {first}"[:300] if first else type(error).__name__
     extra = {"job_id": job.id, "func": job.func, "attempt": job.attempts}
     if isinstance(error, JobCancelled):
         log.info(

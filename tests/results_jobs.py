@@ -80,3 +80,11 @@ def bad_progress(job_context: QueuedJob) -> str:
     """Report a fraction outside 0..1: the job fails with a clear error."""
     job_context.set_progress(1.5, "too far")
     return "unreachable"
+
+
+def progress_then_fail(job_context: QueuedJob) -> str:
+    """Attempt 1 reports progress and fails; attempt 2 reports nothing and succeeds."""
+    if job_context.attempts == 1:
+        job_context.set_progress(0.3, "first attempt")
+        raise RuntimeError("first attempt fails")
+    return "second"

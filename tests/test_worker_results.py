@@ -144,3 +144,55 @@ async def test_worker_refuses_a_bad_max_result_bytes(chancy: Chancy):
         Worker(chancy, max_result_bytes=-1)
     with pytest.raises(ConfigurationError, match="progress_interval"):
         Worker(chancy, progress_interval=0)
+
+
+async def test_a_new_attempt_starts_without_the_last_attempts_progress(chancy: Chancy, run_worker):
+    with anyio.fail_after(30):
+        await chancy.declare(Queue("q", executor="thread", polling_interval=0.2))
+        async with run_worker(chancy):
+            ref = await chancy.push(Job.from_func(r.progress_then_fail, queue="q", max_attempts=2))
+            done = await chancy.wait_for_job(ref, timeout=20, interval=0.2)
+    assert done.state is QueuedJob.State.SUCCEEDED and done.attempts == 2
+    assert done.result == "second" and done.progress is None
+    assert "first attempt fails" in done.errors[0]["traceback"]
+
+
+async def test_progress_and_results_are_fenced_on_the_claim_token(chancy: Chancy):
+    """A progress write under another claim's token changes nothing; under the job's own
+    claim it is written."""
+    import uuid
+
+    from chancy_core import ops
+
+    ref = await chancy.push(Job(func="m.f", queue="q"))
+    token = str(uuid.uuid4())
+
+    def running():
+        yield (
+            chancy.schema.render(
+                "UPDATE {jobs} SET state = 'running', taken_by = 'w', claim_token = %(t)s"
+                " WHERE id = %(id)s"
+            ),
+            {"t": token, "id": str(ref)},
+        )
+
+    await chancy.execute(running())
+    progress = '{"fraction": 0.5, "message": "m"}'
+    stale = [{"id": str(ref), "token": str(uuid.uuid4()), "progress": progress}]
+    await chancy.execute(ops.set_progress(chancy.schema, "w", stale))
+    other_worker = [{"id": str(ref), "token": token, "progress": progress}]
+    await chancy.execute(ops.set_progress(chancy.schema, "other", other_worker))
+    job = await chancy.get_job(ref)
+    assert job is not None and job.progress is None
+    await chancy.execute(ops.set_progress(chancy.schema, "w", other_worker))
+    job = await chancy.get_job(ref)
+    assert job is not None and job.progress == {"fraction": 0.5, "message": "m"}
+    # An outcome under a stale token writes no result either.
+    stale_outcome = [
+        {"id": str(ref), "token": str(uuid.uuid4()), "state": "succeeded", "result": '"late"'}
+    ]
+    assert await chancy.execute(ops.complete(chancy.schema, "w", stale_outcome)) == set()
+    own = [{"id": str(ref), "token": token, "state": "succeeded", "result": '{"ok": 1}'}]
+    assert await chancy.execute(ops.complete(chancy.schema, "w", own)) == {str(ref)}
+    job = await chancy.get_job(ref)
+    assert job is not None and job.result == {"ok": 1} and job.progress["fraction"] == 0.5

@@ -283,6 +283,4 @@ async def test_each_rescue_is_logged_once_with_its_function_and_attempt(
 
 
 def test_the_plugin_tells_the_worker_it_recovers_dead_workers() -> None:
-    from chancy_core.worker.worker import RECOVERS_DEAD_WORKERS
-
-    assert getattr(Recovery(), RECOVERS_DEAD_WORKERS) is True
+    assert Recovery().recovers_dead_workers is True  # see docs/hooks.md

@@ -232,3 +232,27 @@ async def test_job_state_is_unchanged_by_these_logs(chancy: Chancy, run_worker):
             ref = await chancy.push(Job.from_func(s.async_add, queue="q", kwargs={"a": 1, "b": 2}))
             done = await chancy.wait_for_job(ref, timeout=15, interval=0.2)
     assert done.state is QueuedJob.State.SUCCEEDED and done.result == 3
+
+
+def test_describe_plugin_shows_options_not_internal_state():
+    import random
+    from datetime import timedelta
+
+    from chancy_core.worker.worker import describe_plugin
+
+    class Plugin:
+        def __init__(self) -> None:
+            self.interval = 2.5
+            self.retention = {"failed": timedelta(days=2)}
+            self.policy = {"backoff": 7.0, "retry_on": ["OSError"]}
+            self.rng = random.Random(1)  # state, not an option
+            self._private = 1
+
+        def describe(self):  # another protocol's describe (a prometheus collector's)
+            return iter(())
+
+    text = describe_plugin("p", Plugin())
+    assert text == (
+        "p: Plugin(interval=2.5, retention={'failed': datetime.timedelta(days=2)},"
+        " policy={'backoff': 7.0, 'retry_on': ['OSError']})"
+    )

@@ -9,11 +9,13 @@ the claim's token) and then reports it to ``chancy_job_completed``.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from functools import partial
 from typing import Any, Self
 
@@ -66,22 +68,41 @@ def describe_plugin(name: str, plugin: object) -> str:
     describe = getattr(plugin, "describe", None)
     if callable(describe):
         try:
-            return f"{name}: {describe()}"
+            text = describe()
         except Exception as exc:  # a summary never stops a worker
             return f"{name}: (describe() failed: {exc})"
+        if isinstance(text, str):  # another protocol's describe() is not ours
+            return f"{name}: {text}"
     if type(plugin).__repr__ is not object.__repr__:
         return f"{name}: {plugin!r}"
     try:
         options = {k: v for k, v in vars(plugin).items() if not k.startswith("_")}
     except TypeError:  # no __dict__ (slots, a module)
         return name
-    shown = ", ".join(f"{k}={_short(v)}" for k, v in options.items() if not callable(v))
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in options.items() if _is_option(v))
     return f"{name}: {type(plugin).__name__}({shown})"
+
+
+_SCALARS = (int, float, str, bool, type(None), timedelta, enum.Enum)
+
+
+def _is_option(value: object, depth: int = 0) -> bool:
+    """Whether an attribute looks like an option (plain data, nested at most twice), not
+    internal state (a registry, a random generator, a sample)."""
+    if isinstance(value, _SCALARS):
+        return True
+    if depth >= 2:
+        return False
+    if isinstance(value, list | tuple | frozenset | set):
+        return all(_is_option(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_option(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def _short(value: object) -> str:
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class Worker:

@@ -151,6 +151,16 @@ def _stop(procs: list[Any]) -> None:
             proc.wait()
 
 
+async def _wait_registered(conn: psycopg.AsyncConnection[Any], workers: int) -> None:
+    while True:
+        cur = await conn.execute("SELECT count(*) FROM chancy_workers")
+        row = await cur.fetchone()
+        if row is not None and row[0] >= workers:
+            await anyio.sleep(0.5)  # their producers are up (they claimed nothing yet)
+            return
+        await anyio.sleep(0.1)
+
+
 async def _wait_done(conn: psycopg.AsyncConnection[Any], total: int, tmp_path: Path) -> None:
     while True:
         cur = await conn.execute(
@@ -175,6 +185,11 @@ async def test_key_rules_hold_across_worker_processes(chancy, database, tmp_path
             await chancy.declare(
                 Queue(name, executor="thread", concurrency=4, polling_interval=0.2)
             )
+        # Many keys of one job slot each, claimed by every worker at the same instant.
+        await chancy.declare(
+            Queue("race", executor="thread", concurrency=20, polling_interval=0.05)
+        )
+        await concurrency.set_rule(chancy, KeyRule("race", "r:*", max_running=1))
         await concurrency.set_rule(chancy, KeyRule("keyed", "customer:*", max_running=2))
         await concurrency.set_rule(chancy, KeyRule("ordered", "acct:*", ordered=True))
         await concurrency.set_rule(
@@ -197,11 +212,13 @@ async def test_key_rules_hold_across_worker_processes(chancy, database, tmp_path
                 fail = a == 0 and n == 2
                 j = job("ordered", f"acct:{a}", ordered[a][n], 0.1, fail_first=fail)
                 jobs.append(j.with_max_attempts(2) if fail else j)
-        await chancy.push_many(jobs)
+        jobs += [job("race", f"r:{k}", f"r{k}-{n}", 0.05) for n in range(3) for k in range(20)]
 
         procs = await _start_workers(database, tmp_path, ["w1", "w2", "w3"])
         try:
             with anyio.fail_after(120):
+                await _wait_registered(conn, 3)
+                await chancy.push_many(jobs)  # every worker is woken at once
                 await _wait_done(conn, len(jobs), tmp_path)
         finally:
             _stop(procs)
@@ -215,6 +232,7 @@ async def test_key_rules_hold_across_worker_processes(chancy, database, tmp_path
         assert overlap["free:1"] > 2, overlap  # without a rule the same jobs overlap
         assert overlap["func"] == 1, overlap
         assert overlap["acct:0"] == 1 and overlap["acct:1"] == 1, overlap
+        assert all(overlap[f"r:{k}"] == 1 for k in range(20)), overlap
 
         # The slot is held from claim to outcome: the jobs' own columns agree.
         cur = await conn.execute(
@@ -243,3 +261,43 @@ async def test_key_rules_hold_across_worker_processes(chancy, database, tmp_path
             assert all(prev[3] <= nxt[2] for prev, nxt in zip(runs, runs[1:], strict=False))
         cur = await conn.execute("SELECT attempt FROM key_runs WHERE tag = 'o0-02'")
         assert (await cur.fetchone()) == (2,)
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_concurrent_keyed_claims_take_turns(chancy, database) -> None:
+    """The race the per-queue lock closes: while claim A (holding key k's only slot) has
+    not committed, a higher-priority job of k is pushed. Claim B would see k free (A's
+    claim invisible) and take it; instead B waits for A, then sees k busy."""
+    queue = Queue("q", concurrency=10)
+    await chancy.declare(queue)
+    await concurrency.set_rule(chancy, KeyRule("q", "k", max_running=1))
+    base = Job(func="somewhere.else", queue="q")
+    first = await chancy.push(with_key(base, "k"))
+    found: dict[str, Any] = {}
+
+    async def claim(name: str, conn: psycopg.AsyncConnection[Any]) -> None:
+        found[name] = await chancy._run(conn, ops.claim(chancy.schema, queue, 10, name, keyed=True))
+
+    a = await psycopg.AsyncConnection.connect(database)
+    b = await psycopg.AsyncConnection.connect(database, autocommit=True)
+    async with a, b:
+        with anyio.fail_after(20):
+            await claim("a", a)  # a is not autocommit: its transaction stays open
+            assert [str(r[0]) for r in found["a"].rows] == [str(first)]
+            await chancy.push(with_key(base, "k").with_priority(10))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(claim, "b", b)
+                while True:  # B waits for A's lock
+                    async with chancy.pool.connection() as conn:
+                        cur = await conn.execute(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            " AND NOT granted"
+                        )
+                        waiting = await cur.fetchone()
+                    if waiting == (1,) or "b" in found:  # (without the lock B ends at once)
+                        break
+                    await anyio.sleep(0.02)
+                await a.commit()
+            assert "b" in found
+    assert found["b"].rows == []  # k still runs A's job

@@ -60,7 +60,9 @@ async def time_claims(app: Chancy, queue: str, claims: int, limit: int, keyed: b
         for _ in range(claims):
             began = time.perf_counter()
             async with conn.transaction(force_rollback=True):
-                claimed = await app._run(conn, ops.claim(app.schema, q, limit, "bench", keyed=keyed))
+                claimed = await app._run(
+                    conn, ops.claim(app.schema, q, limit, "bench", keyed=keyed)
+                )
             found.append(time.perf_counter() - began)
             assert len(claimed.rows) == limit, (queue, len(claimed.rows))
     return statistics.median(found)
@@ -80,7 +82,7 @@ async def main(dsn: str, jobs: int, keys: int, claims: int, limit: int) -> None:
                 ("keyed", "keyed", True),
                 ("ordered", "ordered", True),
             ]
-            for label, queue, keyed in cases:  # warm up
+            for _, queue, keyed in cases:  # warm up
                 await time_claims(app, queue, 5, limit, keyed)
             medians = {}
             for label, queue, keyed in cases:

@@ -404,8 +404,7 @@ LOCK_KEYED_CLAIMS: LiteralString = (
 # retrying or not-yet-due first job keeps the key blocked. Each job of a key is ranked
 # among the runnable jobs of that key in claim order, and at most the key's free slots of
 # them are taken. Jobs with no matching rule are claimed as by CLAIM_JOBS.
-CLAIM_KEYED_JOBS: LiteralString = (
-    """
+CLAIM_KEYED_JOBS: LiteralString = """
 WITH rules AS MATERIALIZED (
     SELECT kind, pattern, like_pattern, max_running, ordered
     FROM {concurrency_rules} WHERE queue = %(queue)s
@@ -486,9 +485,7 @@ SET state = 'running', attempts = j.attempts + 1, started_at = clock_timestamp()
     taken_by = %(worker_id)s, claim_token = %(token)s
 FROM claimed
 WHERE j.id = claimed.id
-RETURNING """
-    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
-)
+RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
 
 # The queues that have key rules: their claims take CLAIM_KEYED_JOBS, the others the plain
 # CLAIM_JOBS (so queues without keys pay nothing for them).

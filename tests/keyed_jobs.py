@@ -39,8 +39,6 @@ def record(dsn: str, tag: str, key: str, seconds: float, fail_first: bool = Fals
             (tag, key),
         ).fetchone()
         time.sleep(seconds)
-        conn.execute(
-            "UPDATE key_runs SET finished = clock_timestamp() WHERE tag = %s", (tag,)
-        )
+        conn.execute("UPDATE key_runs SET finished = clock_timestamp() WHERE tag = %s", (tag,))
     if fail_first and attempt is not None and attempt[0] == 1:
         raise RuntimeError(f"{tag}: first attempt fails")

@@ -3,6 +3,7 @@ recorded start and finish times), ordered keys run in push order, retries keep t
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -201,9 +202,7 @@ async def test_key_rules_hold_across_worker_processes(chancy, database, tmp_path
             base = Job.from_func(record, queue=queue, kwargs={**kwargs, **extra})
             return with_key(base, key) if queue != "funcs" else base
 
-        jobs = [
-            job("keyed", f"customer:{c}", f"k{c}-{n}", 0.3) for n in range(8) for c in range(3)
-        ]
+        jobs = [job("keyed", f"customer:{c}", f"k{c}-{n}", 0.3) for n in range(8) for c in range(3)]
         jobs += [job("free", "free:1", f"f-{n}", 0.3) for n in range(8)]
         jobs += [job("funcs", "func", f"u-{n}", 0.1) for n in range(6)]
         ordered = {a: [f"o{a}-{n:02d}" for n in range(6)] for a in range(2)}
@@ -258,7 +257,7 @@ async def test_key_rules_hold_across_worker_processes(chancy, database, tmp_path
             )
             runs = await cur.fetchall()
             assert [r[0] for r in runs] == tags, runs
-            assert all(prev[3] <= nxt[2] for prev, nxt in zip(runs, runs[1:], strict=False))
+            assert all(prev[3] <= nxt[2] for prev, nxt in itertools.pairwise(runs))
         cur = await conn.execute("SELECT attempt FROM key_runs WHERE tag = 'o0-02'")
         assert (await cur.fetchone()) == (2,)
 

@@ -116,4 +116,4 @@ async def test_drain_keeps_an_ordered_keys_push_order(inline_chancy: InlineChanc
     )
     with anyio.fail_after(30):
         await inline_chancy.drain()
-    assert ij.RAN == tags
+    assert tags == ij.RAN

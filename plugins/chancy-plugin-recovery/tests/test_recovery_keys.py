@@ -38,9 +38,13 @@ async def test_a_killed_workers_key_slot_frees_when_recovery_puts_the_job_back(
             async with conn:
                 await conn.execute(CREATE_EXECUTIONS)
                 kwargs = {"dsn": database, "first": 60.0, "then": 0.3}
-                first = await app.push(with_key(Job.from_func(tracked, kwargs=kwargs), "customer:1"))
+                first = await app.push(
+                    with_key(Job.from_func(tracked, kwargs=kwargs), "customer:1")
+                )
                 kwargs = {"dsn": database, "first": 0.2, "then": 0.2}
-                second = await app.push(with_key(Job.from_func(tracked, kwargs=kwargs), "customer:1"))
+                second = await app.push(
+                    with_key(Job.from_func(tracked, kwargs=kwargs), "customer:1")
+                )
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
                 process = await anyio.open_process(
                     [sys.executable, "-m", "recovery_helpers", database, "doomed-keys"],
@@ -55,7 +59,9 @@ async def test_a_killed_workers_key_slot_frees_when_recovery_puts_the_job_back(
                             break
                         await anyio.sleep(0.05)
                     async with Worker(app, heartbeat_interval=0.2, shutdown_timeout=2.0):
-                        await anyio.sleep(1.0)  # the survivor could run `second`, but the key is held
+                        await anyio.sleep(
+                            1.0
+                        )  # the survivor could run `second`, but the key is held
                         assert (await app.get_job(second)).state is QueuedJob.State.PENDING  # type: ignore[union-attr]
                         process.send_signal(signal.SIGKILL)
                         await process.wait()

@@ -28,6 +28,7 @@ sync code). What a drain runs and leaves:
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterable
@@ -41,6 +42,8 @@ from chancy_core.queue import Queue
 
 __all__ = ["InlineChancy"]
 
+log = logging.getLogger(__name__)
+
 # Whether a due job is waiting in the served queues, and whether the database says the
 # worker runs a job (claimed and not started yet, or its outcome not yet written).
 _STATUS = """
@@ -50,6 +53,15 @@ SELECT EXISTS (
              AND scheduled_at <= now()
        ),
        EXISTS (SELECT 1 FROM {jobs} WHERE state = 'running' AND taken_by = %(worker_id)s)
+"""
+
+# Queues with due jobs that the drain's worker does not serve (not declared, or tags that
+# do not match): said in a warning, since nothing will ever run them inline.
+_UNSERVED = """
+SELECT DISTINCT queue FROM {jobs}
+WHERE state IN ('pending', 'retrying') AND scheduled_at <= now()
+  AND NOT queue = ANY(%(queues)s::text[])
+ORDER BY queue
 """
 
 
@@ -158,6 +170,17 @@ async def _drain(app: Chancy, options: dict[str, Any], timeout: float, idle: flo
     statement = app.schema.render(_STATUS)
     with anyio.fail_after(timeout):
         async with Worker(app, **options) as worker:
+            async with app.pool.connection() as conn:
+                cur = await conn.execute(
+                    app.schema.render(_UNSERVED), {"queues": list(worker.queues)}
+                )
+                unserved = [row[0] for row in await cur.fetchall()]
+            if unserved:
+                log.warning(
+                    "inline drain: jobs of %s wait in queues this worker does not serve;"
+                    " declare them (await chancy.declare(Queue(name))) to run them",
+                    ", ".join(unserved),
+                )
             idle_since: float | None = None
             while True:
                 await anyio.sleep(0.005)

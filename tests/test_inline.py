@@ -117,3 +117,11 @@ async def test_drain_keeps_an_ordered_keys_push_order(inline_chancy: InlineChanc
     with anyio.fail_after(30):
         await inline_chancy.drain()
     assert tags == ij.RAN
+
+
+async def test_drain_warns_about_a_queue_nobody_declared(
+    inline_chancy: InlineChancy, caplog: pytest.LogCaptureFixture
+) -> None:
+    await inline_chancy.push(Job.from_func(ij.note, queue="nowhere", kwargs={"tag": "x"}))
+    assert ij.RAN == []
+    assert "nowhere" in caplog.text and "declare them" in caplog.text

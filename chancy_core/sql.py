@@ -462,14 +462,20 @@ WITH rules AS MATERIALIZED (
     FROM runnable AS r
     LEFT JOIN key_state AS ks ON ks.k = r.k AND r.k_max IS NOT NULL
     LEFT JOIN func_state AS fs ON fs.f = r.f AND r.f_max IS NOT NULL
+    -- Only jobs a rule limits are ranked (all jobs of one key, or of one function, match
+    -- the same rule, so their ranks are unchanged); the others need no sort of their own.
+    WHERE r.k_max IS NOT NULL OR r.f_max IS NOT NULL
 ), allowed AS MATERIALIZED (
-    SELECT id FROM ranked
-    WHERE (k_free IS NULL
-           OR (k_ordered AND id = k_first AND k_free >= 1)
-           OR (NOT k_ordered AND k_rank <= k_free))
-      AND (f_free IS NULL
-           OR (f_ordered AND id = f_first AND f_free >= 1)
-           OR (NOT f_ordered AND f_rank <= f_free))
+    (SELECT id, priority FROM runnable WHERE k_max IS NULL AND f_max IS NULL
+     ORDER BY priority DESC, id LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id, priority FROM ranked
+     WHERE (k_free IS NULL
+            OR (k_ordered AND id = k_first AND k_free >= 1)
+            OR (NOT k_ordered AND k_rank <= k_free))
+       AND (f_free IS NULL
+            OR (f_ordered AND id = f_first AND f_free >= 1)
+            OR (NOT f_ordered AND f_rank <= f_free)))
     ORDER BY priority DESC, id
     LIMIT %(limit)s
 ), claimed AS MATERIALIZED (

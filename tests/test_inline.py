@@ -3,12 +3,15 @@ outcomes stored in the database."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
 import inline_jobs as ij
 import pytest
+import test_worker_support as s
 
 from chancy_core import Job, Limit, Outcome, Queue, QueuedJob, concurrency, hookimpl
 from chancy_core.concurrency import KeyRule, with_key
@@ -125,3 +128,17 @@ async def test_drain_warns_about_a_queue_nobody_declared(
     await inline_chancy.push(Job.from_func(ij.note, queue="nowhere", kwargs={"tag": "x"}))
     assert ij.RAN == []
     assert "nowhere" in caplog.text and "declare them" in caplog.text
+
+
+async def test_inline_runs_process_executor_jobs_in_a_child(
+    inline_chancy: InlineChancy, tmp_path: Path
+) -> None:
+    """The queue's executor is the worker's: a process queue runs the job in a child."""
+    await inline_chancy.declare(Queue("default", executor="process"))
+    path = tmp_path / "pid"
+    ref = await inline_chancy.push(
+        Job.from_func(s.pid_then_sleep, kwargs={"path": str(path), "seconds": 0})
+    )
+    job = await inline_chancy.get_job(ref)
+    assert job is not None and job.state is QueuedJob.State.SUCCEEDED, job
+    assert int(path.read_text()) != os.getpid()

@@ -291,7 +291,8 @@ async def test_concurrent_keyed_claims_take_turns(chancy, database) -> None:
                     async with chancy.pool.connection() as conn:
                         cur = await conn.execute(
                             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                            " AND NOT granted"
+                            " AND NOT granted AND database = (SELECT oid FROM pg_database"
+                            " WHERE datname = current_database())"
                         )
                         waiting = await cur.fetchone()
                     if waiting == (1,) or "b" in found:  # (without the lock B ends at once)

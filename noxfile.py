@@ -84,11 +84,14 @@ def example_plugin(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["test"])
 def examples(session: nox.Session) -> None:
-    """The FastAPI and Flask examples' tests, with their own requirements."""
+    """The FastAPI, Flask and testing examples' tests, with their own requirements."""
     apps = [ROOT / "examples" / name for name in ("fastapi_app", "flask_app")]
     requirements = [arg for app in apps for arg in ("-r", str(app / "requirements.txt"))]
     session.install("-e", ".[dev,embedded]", *requirements)
     session.run("pytest", *map(str, apps), "-p", "chancy_core.testing", *session.posargs)
+    # The testing example is its own project (its conftest.py enables the fixtures).
+    testing = ROOT / "examples" / "testing"
+    session.run("pytest", "-c", str(testing / "pytest.ini"), str(testing), *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import zlib
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple
 
@@ -29,6 +30,7 @@ __all__ = [
     "Step",
     "claim",
     "complete",
+    "keyed_lock",
     "own_running",
     "register_worker",
     "release",
@@ -173,14 +175,27 @@ def release(
     return [str(row[0]) for row in rows]
 
 
-def claim(schema: Schema, queue: Queue, limit: int, worker_id: str) -> Operation:
+def keyed_lock(schema: Schema, queue: str) -> int:
+    """The advisory lock the keyed claims of ``queue`` take in turn."""
+    return zlib.crc32(f"chancy-keys:{schema.prefix}:{queue}".encode())
+
+
+def claim(
+    schema: Schema, queue: Queue, limit: int, worker_id: str, *, keyed: bool = False
+) -> Operation:
     """Claim up to ``limit`` jobs of ``queue`` under a fresh token; :class:`Claimed`.
 
     With a rate limit, tokens of the current window are taken first and unused ones given
-    back: run it in a transaction then (the row lock makes workers take turns)."""
+    back: run it in a transaction then (the row lock makes workers take turns). ``keyed``
+    (the queue has concurrency rules, :mod:`chancy_core.concurrency`): the keyed claim,
+    after the queue's keyed-claim lock; run it in a transaction too."""
     token = str(uuid.uuid4())
     params = {"queue": queue.name, "limit": limit, "worker_id": worker_id, "token": token}
-    statement = schema.render(q.CLAIM_JOBS)
+    if keyed:
+        yield schema.render(q.LOCK_KEYED_CLAIMS), {"lock": keyed_lock(schema, queue.name)}
+        statement = schema.render(q.CLAIM_KEYED_JOBS)
+    else:
+        statement = schema.render(q.CLAIM_JOBS)
     if queue.rate_limit is None:
         rows = yield statement, params
         return Claimed(rows, token, False)

@@ -430,3 +430,141 @@ RETURNING j.id
 """
 
 NOTIFY: LiteralString = "SELECT pg_notify(%(channel)s, %(payload)s)"
+
+# --- concurrency keys (chancy_core.concurrency) ----------------------------------------------
+
+# Keyed claims of one queue take turns: each takes this transaction-scoped lock first (its
+# own statement, so the claim's snapshot, taken after it, sees every earlier keyed claim
+# committed). Without it two workers could each see a key's free slot and both take it.
+# JIT off for the transaction: the keyed claim's estimated cost passes jit_above_cost on a
+# few thousand jobs, and compiling it costs ~20 times its run (hundreds of ms per claim).
+LOCK_KEYED_CLAIMS: LiteralString = (
+    "SELECT pg_advisory_xact_lock(%(lock)s), set_config('jit', 'off', true)"
+)
+
+# The claim of a queue with key rules (see the migration 0005): CLAIM_JOBS, with only the
+# jobs their rules allow now. A key's running jobs count against its limit; an ordered key
+# starts only its first unfinished job (in id order) and only when none of it runs, so a
+# retrying or not-yet-due first job keeps the key blocked. Each job of a key is ranked
+# among the runnable jobs of that key in claim order, and at most the key's free slots of
+# them are taken. Jobs with no matching rule are claimed as by CLAIM_JOBS.
+CLAIM_KEYED_JOBS: LiteralString = """
+WITH rules AS MATERIALIZED (
+    SELECT kind, pattern, like_pattern, max_running, ordered
+    FROM {concurrency_rules} WHERE queue = %(queue)s
+), runnable AS MATERIALIZED (
+    SELECT j.id, j.priority, j.meta ->> 'concurrency_key' AS k, j.func AS f,
+           kr.max_running AS k_max, kr.ordered AS k_ordered,
+           fr.max_running AS f_max, fr.ordered AS f_ordered
+    FROM {jobs} AS j
+    LEFT JOIN LATERAL (
+        SELECT max_running, ordered FROM rules
+        WHERE kind = 'key' AND j.meta ->> 'concurrency_key' LIKE like_pattern
+        ORDER BY length(pattern) DESC, pattern LIMIT 1
+    ) AS kr ON true
+    LEFT JOIN LATERAL (
+        SELECT max_running, ordered FROM rules
+        WHERE kind = 'func' AND j.func LIKE like_pattern
+        ORDER BY length(pattern) DESC, pattern LIMIT 1
+    ) AS fr ON true
+    WHERE j.queue = %(queue)s AND j.state IN ('pending', 'retrying') AND j.scheduled_at <= now()
+), key_state AS MATERIALIZED (
+    SELECT s.k, s.k_max - (
+               SELECT count(*) FROM {jobs} AS r
+               WHERE r.queue = %(queue)s AND r.meta ? 'concurrency_key'
+                 AND r.meta ->> 'concurrency_key' = s.k
+                 AND r.state IN ('pending', 'running', 'retrying') AND r.state = 'running'
+           ) AS free,
+           s.k_ordered AS ordered,
+           CASE WHEN s.k_ordered THEN (
+               SELECT r.id FROM {jobs} AS r
+               WHERE r.queue = %(queue)s AND r.meta ? 'concurrency_key'
+                 AND r.meta ->> 'concurrency_key' = s.k
+                 AND r.state IN ('pending', 'running', 'retrying')
+               ORDER BY r.id LIMIT 1
+           ) END AS first
+    FROM (SELECT DISTINCT k, k_max, k_ordered FROM runnable WHERE k_max IS NOT NULL) AS s
+), func_state AS MATERIALIZED (
+    SELECT s.f, s.f_max - (
+               SELECT count(*) FROM {jobs} AS r
+               WHERE r.queue = %(queue)s AND r.func = s.f AND r.state = 'running'
+           ) AS free,
+           s.f_ordered AS ordered,
+           CASE WHEN s.f_ordered THEN (
+               SELECT r.id FROM {jobs} AS r
+               WHERE r.queue = %(queue)s AND r.func = s.f
+                 AND r.state IN ('pending', 'running', 'retrying')
+               ORDER BY r.id LIMIT 1
+           ) END AS first
+    FROM (SELECT DISTINCT f, f_max, f_ordered FROM runnable WHERE f_max IS NOT NULL) AS s
+), ranked AS (
+    SELECT r.id, r.priority,
+           row_number() OVER (PARTITION BY r.k ORDER BY r.priority DESC, r.id) AS k_rank,
+           row_number() OVER (PARTITION BY r.f ORDER BY r.priority DESC, r.id) AS f_rank,
+           ks.free AS k_free, ks.ordered AS k_ordered, ks.first AS k_first,
+           fs.free AS f_free, fs.ordered AS f_ordered, fs.first AS f_first
+    FROM runnable AS r
+    LEFT JOIN key_state AS ks ON ks.k = r.k AND r.k_max IS NOT NULL
+    LEFT JOIN func_state AS fs ON fs.f = r.f AND r.f_max IS NOT NULL
+    -- Only jobs a rule limits are ranked (all jobs of one key, or of one function, match
+    -- the same rule, so their ranks are unchanged); the others need no sort of their own.
+    WHERE r.k_max IS NOT NULL OR r.f_max IS NOT NULL
+), allowed AS MATERIALIZED (
+    (SELECT id, priority FROM runnable WHERE k_max IS NULL AND f_max IS NULL
+     ORDER BY priority DESC, id LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id, priority FROM ranked
+     WHERE (k_free IS NULL
+            OR (k_ordered AND id = k_first AND k_free >= 1)
+            OR (NOT k_ordered AND k_rank <= k_free))
+       AND (f_free IS NULL
+            OR (f_ordered AND id = f_first AND f_free >= 1)
+            OR (NOT f_ordered AND f_rank <= f_free)))
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+), claimed AS MATERIALIZED (
+    -- Locked by primary key. Keyed claims take turns, so only another kind of writer (a
+    -- cancellation) can hold one of these rows: skipped, the claim takes fewer this time.
+    SELECT j.id FROM {jobs} AS j
+    WHERE j.id IN (SELECT id FROM allowed) AND j.state IN ('pending', 'retrying')
+    FOR UPDATE OF j SKIP LOCKED
+)
+-- clock_timestamp(): the transaction began before the lock was granted; the job starts now.
+UPDATE {jobs} AS j
+SET state = 'running', attempts = j.attempts + 1, started_at = clock_timestamp(),
+    taken_by = %(worker_id)s, claim_token = %(token)s, progress = NULL
+FROM claimed
+WHERE j.id = claimed.id
+RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+
+# The queues that have key rules: their claims take CLAIM_KEYED_JOBS, the others the plain
+# CLAIM_JOBS (so queues without keys pay nothing for them).
+SELECT_KEYED_QUEUES: LiteralString = "SELECT DISTINCT queue FROM {concurrency_rules}"
+
+CONCURRENCY_RULE_COLUMNS: LiteralString = "queue, kind, pattern, max_running, ordered"
+
+UPSERT_CONCURRENCY_RULE: LiteralString = """
+WITH upserted AS (
+    INSERT INTO {concurrency_rules} (queue, kind, pattern, like_pattern, max_running, ordered)
+    VALUES (%(queue)s, %(kind)s, %(pattern)s, %(like_pattern)s, %(max_running)s, %(ordered)s)
+    ON CONFLICT (queue, kind, pattern) DO UPDATE SET
+        like_pattern = EXCLUDED.like_pattern, max_running = EXCLUDED.max_running,
+        ordered = EXCLUDED.ordered
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', queue)::text) FROM upserted
+"""
+
+DELETE_CONCURRENCY_RULE: LiteralString = """
+WITH deleted AS (
+    DELETE FROM {concurrency_rules}
+    WHERE queue = %(queue)s AND kind = %(kind)s AND pattern = %(pattern)s
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', queue)::text) FROM deleted
+"""
+
+SELECT_CONCURRENCY_RULES: LiteralString = (
+    "SELECT " + CONCURRENCY_RULE_COLUMNS + " FROM {concurrency_rules}"
+    " WHERE %(queue)s::text IS NULL OR queue = %(queue)s ORDER BY queue, kind, pattern"
+)

@@ -15,6 +15,9 @@ Fixtures:
 * ``chancy``: an open :class:`~chancy_core.app.Chancy` on that database.
 * ``run_worker``: ``async with run_worker(chancy, **options) as worker:`` runs a
   worker for the duration of the block (stopped on exit, with a deadline).
+* ``inline_chancy``: an open :class:`~chancy_core.inline.InlineChancy` on that
+  database: pushed jobs run at once in the test's process (``run_on_push=False``
+  and ``drain()`` to choose when). See ``docs/testing.md``.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from chancy_core.app import Chancy
+from chancy_core.inline import InlineChancy
 
-__all__ = ["TEST_DSN_ENV", "dsn_for_database"]
+__all__ = ["TEST_DSN_ENV", "InlineChancy", "dsn_for_database"]
 
 TEST_DSN_ENV = "CHANCY_TEST_DSN"
 
@@ -128,6 +132,13 @@ def database(postgres_dsn: str, template_database: str) -> Iterator[str]:
 async def chancy(database: str) -> AsyncIterator[Chancy]:
     """An open app on a fresh database."""
     async with Chancy(database) as app:
+        yield app
+
+
+@pytest.fixture
+async def inline_chancy(database: str) -> AsyncIterator[InlineChancy]:
+    """An open :class:`~chancy_core.inline.InlineChancy` on a fresh database."""
+    async with InlineChancy(database) as app:
         yield app
 
 

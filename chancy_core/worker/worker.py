@@ -22,7 +22,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 
-from chancy_core import events, ops
+from chancy_core import concurrency, events, ops
 from chancy_core import sql as q
 from chancy_core.app import Chancy, mask_dsn
 from chancy_core.errors import (
@@ -175,6 +175,8 @@ class Worker:
         self._stopped = anyio.Event()
         self._outer: anyio.abc.TaskGroup | None = None
         self._drain_scope: anyio.CancelScope | None = None
+        #: The queues with concurrency rules: claimed by the keyed statement.
+        self._keyed: frozenset[str] = frozenset()
 
         # The components, in data-path order.
         self._listener = Listener(chancy.connect, schema.channel, self._on_event, self._missed)
@@ -318,7 +320,7 @@ class Worker:
                 tg.start_soon(self._heartbeat.run)
                 tg.start_soon(self._completer.run)
                 tg.start_soon(self._progress.run)
-                self._queues.apply(await self.chancy.execute(ops.select_queues(self._schema)))
+                self._queues.apply(await self._read_queues())
                 tg.start_soon(self._queues.run, self._read_queues)
                 self._tasks.start(tg)
                 if not elects:
@@ -489,14 +491,15 @@ class Worker:
         the producer, which starts them with no await between."""
         pool = self.chancy.pool
         conn = await pool.getconn()
-        op = ops.claim(self._schema, queue, limit, self.worker_id)
+        keyed = queue.name in self._keyed
+        op = ops.claim(self._schema, queue, limit, self.worker_id, keyed=keyed)
         claimed: ops.Claimed | None = None
         with anyio.CancelScope(shield=True) as shield:
             shield.deadline = anyio.current_time() + max(30.0, 3 * self.chancy.connect_timeout)
             try:
-                if queue.rate_limit is None:
+                if queue.rate_limit is None and not keyed:
                     claimed = await self.chancy._run(conn, op)
-                else:  # the rate-limit tokens and the claim commit together
+                else:  # the rate-limit tokens or the key lock, and the claim, together
                     async with conn.transaction():
                         claimed = await self.chancy._run(conn, op)
             finally:
@@ -563,7 +566,8 @@ class Worker:
         again = {c.queue for c in batch if c.state == "retrying" and not c.scheduled_at}
         for name in {c.queue for c in batch}:
             producer = self._queues.get(name)
-            if producer is not None and (producer.more or name in again):
+            # A keyed queue: a finished job may free a key whose next job waits.
+            if producer is not None and (producer.more or name in again or name in self._keyed):
                 producer.wake()
         for c in batch:
             if c.outcome is not None and c.job is not None and c.id in accepted:
@@ -605,6 +609,7 @@ class Worker:
 
     async def _read_queues(self) -> list[Queue]:
         queues: list[Queue] = await self.chancy.execute(ops.select_queues(self._schema))
+        self._keyed = await self.chancy.execute(concurrency.keyed_queues(self._schema))
         return queues
 
     # --- the database --------------------------------------------------------------------

@@ -35,7 +35,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from chancy_core import Chancy, Job, QueuedJob, hookimpl
 
 if TYPE_CHECKING:
-    from chancy_core.worker import Worker
+    from chancy_core.hookspecs import WorkerHandle as Worker
 
 __all__ = ["META_KEY", "SYSTEM", "OpenTelemetry"]
 

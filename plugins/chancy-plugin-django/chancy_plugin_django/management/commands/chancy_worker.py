@@ -9,9 +9,12 @@ import anyio
 from django.core.management.base import BaseCommand, CommandParser
 
 from chancy_core import Worker
-from chancy_core.executors.process import INITIALIZER_ENV
 from chancy_plugin_django.backend import RUN_TASK
 from chancy_plugin_django.conf import chancy_settings, get_app, queues
+
+#: The core's documented environment variable naming a callable each process-executor
+#: child runs once before its first job (README, Executors).
+INITIALIZER_ENV = "CHANCY_PROCESS_INITIALIZER"
 
 __all__ = ["Command"]
 

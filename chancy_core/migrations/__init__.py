@@ -104,10 +104,13 @@ async def apply(
                     ),
                     (mset.component, migration.version),
                 )
-                found = await cur.fetchone()
+                row = await cur.fetchone()
+                recorded = row[0] if isinstance(row, tuple) else None  # the step's name
                 # A step recorded as a placeholder (PLACEHOLDER) still runs once the real
                 # step of that number arrives, which then takes its place in the ledger.
-                if found and (found[0] != PLACEHOLDER or migration.name == PLACEHOLDER):
+                if recorded is not None and (
+                    recorded != PLACEHOLDER or migration.name == PLACEHOLDER
+                ):
                     continue
                 label = f"{mset.component}:{migration.version:04d}_{migration.name}"
                 try:

@@ -30,8 +30,9 @@ FROM unnest(%(names)s::text[], %(jobs)s::jsonb[], %(depends_on)s::jsonb[],
 
 SET_JOB_IDS: LiteralString = """
 UPDATE {workflow_steps} AS s SET job_id = u.job_id, state = 'queued', updated_at = now()
-FROM unnest(%(names)s::text[], %(job_ids)s::uuid[]) AS u(name, job_id)
-WHERE s.workflow_id = %(id)s AND s.name = u.name
+FROM unnest(%(workflows)s::uuid[], %(names)s::text[], %(job_ids)s::uuid[])
+    AS u(w, name, job_id)
+WHERE s.workflow_id = u.w AND s.name = u.name
 """
 
 # --- advancing --------------------------------------------------------------------------------

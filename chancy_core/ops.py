@@ -32,6 +32,7 @@ __all__ = [
     "register_worker",
     "release",
     "select_queues",
+    "set_progress",
     "unregister_worker",
 ]
 
@@ -157,3 +158,12 @@ def complete(schema: Schema, worker_id: str, outcomes: Sequence[dict[str, Any]])
         {"outcomes": _encode(outcomes), "worker_id": worker_id, "channel": schema.channel},
     )
     return {str(row[0]) for row in rows}
+
+
+def set_progress(schema: Schema, worker_id: str, progress: Sequence[dict[str, Any]]) -> Operation:
+    """Write running jobs' latest progress (``{"id", "token", "progress"}`` each, progress as
+    JSON text), fenced on each claim's token."""
+    yield (
+        schema.render(q.SET_PROGRESS),
+        {"progress": _encode(progress), "worker_id": worker_id},
+    )

@@ -82,12 +82,17 @@ JOB_COLUMNS: LiteralString = (
     J_UNIQUE_KEY,
     J_ERRORS,
 ) = range(15)
+# What reading a job adds to JOB_COLUMNS (the claim does not need them: the worker starts a
+# job without its last result or progress).
+JOB_READ_COLUMNS: LiteralString = JOB_COLUMNS + ", result, result_error, progress"
+J_RESULT, J_RESULT_ERROR, J_PROGRESS = range(15, 18)
 
 _STATES = {state.value: state for state in QueuedJob.State}
 
 
 def job_from_row(row: Sequence[Any]) -> QueuedJob:
-    """Build a :class:`QueuedJob` from a row of ``JOB_COLUMNS``.
+    """Build a :class:`QueuedJob` from a row of ``JOB_COLUMNS`` or ``JOB_READ_COLUMNS``
+    (the result and progress are ``None`` without them).
 
     Only the few checks a row written by hand can fail are made; the schema constrains
     the rest (a claimed job is not validated again)."""
@@ -101,6 +106,7 @@ def job_from_row(row: Sequence[Any]) -> QueuedJob:
     if kwargs is not None and not isinstance(kwargs, dict):
         raise InvalidJobError(f"kwargs must be a dict, not {type(kwargs).__name__}")
     limits = row[J_LIMITS]
+    full = len(row) > J_PROGRESS
     return QueuedJob.from_trusted(
         id=str(row[J_ID]),
         queue=row[J_QUEUE],
@@ -117,6 +123,9 @@ def job_from_row(row: Sequence[Any]) -> QueuedJob:
         limits=[Limit.deserialize(limit) for limit in limits] if limits else [],
         unique_key=row[J_UNIQUE_KEY],
         errors=row[J_ERRORS],
+        result=row[J_RESULT] if full else None,
+        result_error=row[J_RESULT_ERROR] if full else None,
+        progress=row[J_PROGRESS] if full else None,
     )
 
 
@@ -174,7 +183,7 @@ GROUP BY queue, state ORDER BY queue, state
 """
 
 SELECT_JOBS: LiteralString = (
-    "SELECT " + JOB_COLUMNS + " FROM {jobs} WHERE id = ANY(%(ids)s::uuid[])"
+    "SELECT " + JOB_READ_COLUMNS + " FROM {jobs} WHERE id = ANY(%(ids)s::uuid[])"
 )
 
 CANCEL_JOBS: LiteralString = """
@@ -298,7 +307,7 @@ WITH claimed AS MATERIALIZED (
 )
 UPDATE {jobs} AS j
 SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s,
-    claim_token = %(token)s
+    claim_token = %(token)s, progress = NULL
 FROM claimed
 WHERE j.id = claimed.id
 RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
@@ -344,7 +353,8 @@ COMPLETE_JOBS: LiteralString = """
 WITH outcome AS (
     -- One JSON array of outcomes: encoding it is far cheaper than six parameter arrays.
     SELECT * FROM json_to_recordset(%(outcomes)s::json)
-        AS o(id uuid, token uuid, state text, error text, scheduled_at timestamptz, meta text)
+        AS o(id uuid, token uuid, state text, error text, scheduled_at timestamptz, meta text,
+             result text, result_error text, progress text)
 ), done AS (
     UPDATE {jobs} AS j
     SET state = o.state,
@@ -354,6 +364,9 @@ WITH outcome AS (
                           'attempt', j.attempts, 'traceback', o.error)) END,
         scheduled_at = coalesce(o.scheduled_at, j.scheduled_at),
         meta = coalesce(o.meta::jsonb, j.meta),
+        result = o.result::jsonb,
+        result_error = o.result_error,
+        progress = coalesce(o.progress::jsonb, j.progress),
         taken_by = NULL,
         cancelled_at = NULL,
         claim_token = NULL
@@ -371,6 +384,15 @@ WITH outcome AS (
     ) AS finished
 )
 SELECT done.id FROM done, notified
+"""
+
+# The latest progress of running jobs, fenced like an outcome (a late write after the
+# outcome, or after the job was put back or rescued, changes nothing).
+SET_PROGRESS: LiteralString = """
+UPDATE {jobs} AS j SET progress = p.progress::jsonb
+FROM json_to_recordset(%(progress)s::json) AS p(id uuid, token uuid, progress text)
+WHERE j.id = p.id AND j.state = 'running' AND j.taken_by = %(worker_id)s
+  AND j.claim_token = p.token
 """
 
 # Put a worker's running jobs back to run again (graceful shutdown, lost jobs), each fenced

@@ -35,12 +35,27 @@ __all__ = [
     "JobCrashed",
     "MemoryLimitExceeded",
     "TimeLimitExceeded",
+    "UnsentResult",
     "call_function",
     "is_async",
     "make_executor",
     "resolve_function",
     "wants_context",
 ]
+
+
+class UnsentResult:
+    """Returned by an executor instead of a job's result when it could not bring the
+    value back (the process executor: it failed to pickle or unpickle); the job still
+    succeeds and its ``result_error`` is ``reason``."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"UnsentResult({self.reason!r})"
 
 
 class Executor(Protocol):

@@ -41,6 +41,12 @@ class Completion:
     """``None``: keep the row's (a retry that is due at once)."""
     meta: str | None = None
     """The job's new ``meta`` as JSON, ``None`` to keep it."""
+    result: str | None = None
+    """The function's return value as JSON (``None``: no result to store)."""
+    result_error: str | None = None
+    """Why the return value was not stored, or ``None``."""
+    progress: str | None = None
+    """The job's last reported progress as JSON, ``None`` to keep the row's."""
     job: QueuedJob | None = None
     """The job with its new state, for ``chancy_job_completed`` (``None``: not reported)."""
     outcome: Outcome | None = None
@@ -54,6 +60,12 @@ class Completion:
             found["scheduled_at"] = self.scheduled_at.isoformat()
         if self.meta is not None:
             found["meta"] = self.meta
+        if self.result is not None:
+            found["result"] = self.result
+        if self.result_error is not None:
+            found["result_error"] = self.result_error
+        if self.progress is not None:
+            found["progress"] = self.progress
         return found
 
 
@@ -135,6 +147,16 @@ class Completer:
                     accepted |= await self._write([one])
                 return accepted
             one = batch[0]
+            if one.result is not None:
+                log.error(
+                    "could not write the result of job %s (%s); writing its outcome without it",
+                    one.id,
+                    exc,
+                )
+                reason = storable(f"the database refused the result: {exc}")
+                return await self._write(
+                    [dataclasses.replace(one, result=None, result_error=reason)]
+                )
             if one.meta is None and (one.error is None or one.error.isascii()):
                 log.error("could not write the outcome of job %s: %s", one.id, exc)
                 return set()

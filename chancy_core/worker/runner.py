@@ -18,19 +18,45 @@ import anyio
 import anyio.abc
 
 from chancy_core.errors import JobCancelled, TimeLimitExceeded
-from chancy_core.executors import Executor, wants_context
+from chancy_core.executors import Executor, UnsentResult, wants_context
 from chancy_core.hooks import Guarded, HookFlags, call_event, decide, results
 from chancy_core.hookspecs import WorkerHandle
-from chancy_core.job import Limit, QueuedJob
+from chancy_core.job import Limit, QueuedJob, progress_sinks, to_json
 from chancy_core.outcome import Outcome, RetryDecision
 from chancy_core.worker.completer import Completion, storable
 from chancy_core.worker.functions import FunctionResolver, accepts, signature_of
 
-__all__ = ["JobRunner", "RunnerPool", "Running"]
+__all__ = ["MAX_PROGRESS_MESSAGE", "JobRunner", "RunnerPool", "Running", "encode_result"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+MAX_PROGRESS_MESSAGE = 1000
+"""A progress message longer than this many characters is cut (with "...")."""
+
+
+def encode_result(result: Any, limit: int) -> tuple[str | None, str | None]:
+    """A function's return value as ``(JSON text to store, why it was not stored)``.
+
+    ``None`` stores nothing. A value JSON cannot encode, or whose JSON is more than
+    ``limit`` bytes, is not stored and the reason says what to do instead."""
+    if result is None:
+        return None, None
+    if isinstance(result, UnsentResult):
+        return None, result.reason
+    try:
+        text = to_json(result)
+    except ValueError as exc:
+        return None, storable(f"the result {exc}")
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if size > limit:
+        return None, (
+            f"the result is {size} bytes of JSON, more than the worker's max_result_bytes"
+            f" ({limit}): return less (store large data elsewhere and return its key), or"
+            " start the worker with a larger max_result_bytes"
+        )
+    return text, None
 
 
 def is_cancellation(exc: BaseException) -> bool:
@@ -59,6 +85,26 @@ class Running:
     token: str
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop_reason: str | None = None  # "cancel" or "shutdown"
+    #: The last progress the job reported, and how many times it reported (set by
+    #: report_progress, maybe from the job's thread) / how many are written (the loop).
+    progress: tuple[float, str | None] | None = None
+    progress_version: int = 0
+    progress_written: int = 0
+
+    def report_progress(self, fraction: float, message: str | None) -> None:
+        """Keep the job's latest progress (the progress writer sends it); never blocks."""
+        if message is not None and len(message) > MAX_PROGRESS_MESSAGE:
+            message = message[: MAX_PROGRESS_MESSAGE - 3] + "..."
+        self.progress = (fraction, message)
+        self.progress_version += 1
+
+    def progress_json(self) -> str | None:
+        """The latest progress as the JSON the ``progress`` column stores (``None``: none)."""
+        progress = self.progress
+        if progress is None:
+            return None
+        message = None if progress[1] is None else storable(progress[1])
+        return json.dumps({"fraction": progress[0], "message": message}, ensure_ascii=False)
 
     def stop(self, reason: str) -> bool:
         """Stop the job (once); whether this call stopped it."""
@@ -78,14 +124,31 @@ class JobRunner:
     ``chancy_retry_decision`` and returns the :class:`Completion` to write (``None``
     when the shutdown stopped the job: the worker puts it back to ``pending``)."""
 
-    def __init__(self, resolver: FunctionResolver, hook: Any, worker: WorkerHandle) -> None:
+    def __init__(
+        self,
+        resolver: FunctionResolver,
+        hook: Any,
+        worker: WorkerHandle,
+        *,
+        max_result_bytes: int = 1_048_576,
+    ) -> None:
         self.resolver = resolver
         self.hook = hook
         self.worker = worker  # the WorkerHandle given to hooks
         self.flags = HookFlags.of(hook)
+        self.max_result_bytes = max_result_bytes
 
     async def run(self, running: Running, executor: Executor) -> Completion | None:
         """Run the job; its completion, or ``None`` if the shutdown stopped it."""
+        sink = running.report_progress
+        progress_sinks[running.job.id] = sink
+        try:
+            return await self._run(running, executor)
+        finally:
+            if progress_sinks.get(running.job.id) == sink:
+                del progress_sinks[running.job.id]
+
+    async def _run(self, running: Running, executor: Executor) -> Completion | None:
         job = running.job
         error: BaseException | None = None
         result: Any = None
@@ -189,8 +252,31 @@ class JobRunner:
             else:
                 state = QueuedJob.State.FAILED
         text = None
+        result_json = result_error = None
         if error is not None:
             text = storable("".join(traceback.format_exception(error)).strip())
+            _log_failure(job, state, error, scheduled_at)
+        else:
+            result_json, result_error = encode_result(result, self.max_result_bytes)
+            if result_error is not None:
+                log.warning(
+                    "job %s (%s): its result was not stored: %s",
+                    job.id,
+                    job.func,
+                    result_error,
+                    extra={"job_id": job.id},
+                )
+            if isinstance(result, UnsentResult):
+                result = None
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "job %s (%s) succeeded in %.3fs (attempt %d)",
+                    job.id,
+                    job.func,
+                    run_seconds,
+                    job.attempts,
+                    extra={"job_id": job.id},
+                )
         meta = None
         if meta_before is not None or meta_changes:
             new_meta = {**job.meta, **meta_changes} if meta_changes else job.meta
@@ -209,9 +295,16 @@ class JobRunner:
             error=text,
             scheduled_at=scheduled_at,
             meta=meta,
+            result=result_json,
+            result_error=result_error,
+            progress=running.progress_json() if running.progress_version else None,
         )
         if self.flags.completed:
-            fields = {**job.__dict__, "state": state}
+            fields = {**job.__dict__, "state": state, "result_error": result_error}
+            if result_json is not None:
+                fields["result"] = json.loads(result_json)
+            if completion.progress is not None:
+                fields["progress"] = json.loads(completion.progress)
             if meta is not None:
                 fields["meta"] = json.loads(meta)
             # Not dataclasses.replace: the claimed row is not validated again.
@@ -228,6 +321,39 @@ class JobRunner:
                 scheduled_at=scheduled_at,
             )
         return completion
+
+
+def _log_failure(
+    job: QueuedJob, state: QueuedJob.State, error: BaseException, at: datetime | None
+) -> None:
+    """One INFO line per failed attempt: cancelled, retried or failed for good."""
+    what = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    extra = {"job_id": job.id, "func": job.func, "attempt": job.attempts}
+    if isinstance(error, JobCancelled):
+        log.info(
+            "job %s (%s) was cancelled on attempt %d", job.id, job.func, job.attempts, extra=extra
+        )
+    elif state is QueuedJob.State.RETRYING:
+        log.info(
+            "job %s (%s) attempt %d of %d failed (%s); retrying %s",
+            job.id,
+            job.func,
+            job.attempts,
+            job.max_attempts,
+            what,
+            "at once" if at is None else f"at {at.isoformat(timespec='seconds')}",
+            extra=extra,
+        )
+    else:
+        log.info(
+            "job %s (%s) failed on attempt %d of %d: %s",
+            job.id,
+            job.func,
+            job.attempts,
+            job.max_attempts,
+            what,
+            extra=extra,
+        )
 
 
 class RunnerPool(Generic[T]):

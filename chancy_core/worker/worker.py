@@ -33,6 +33,7 @@ from chancy_core.worker.functions import FunctionResolver
 from chancy_core.worker.heartbeat import Heartbeat
 from chancy_core.worker.listener import Listener
 from chancy_core.worker.producer import QueueProducer
+from chancy_core.worker.progress import ProgressWriter
 from chancy_core.worker.queues import QueueSet
 from chancy_core.worker.runner import JobRunner, RunnerPool, Running
 from chancy_core.worker.tasks import PluginTasks
@@ -65,6 +66,11 @@ class Worker:
         before they are stopped and put back to ``pending``.
     :param completion_batch: outcomes written per statement at most.
     :param completion_delay: seconds an outcome may wait for others to share its write.
+    :param max_result_bytes: the largest result (as JSON, in bytes) stored with a job;
+        a larger one is not stored and the job's ``result_error`` says so (the job still
+        succeeds). Default 1 MiB.
+    :param progress_interval: seconds between writes of running jobs' progress (each
+        write carries every job's latest value; the last one is written with the outcome).
     """
 
     def __init__(
@@ -78,6 +84,8 @@ class Worker:
         shutdown_timeout: float = 30.0,
         completion_batch: int = 150,
         completion_delay: float = 0.005,
+        max_result_bytes: int = 1_048_576,
+        progress_interval: float = 0.5,
     ) -> None:
         if isinstance(allow, str):
             raise ConfigurationError("allow takes a list of module prefixes, not one string")
@@ -85,6 +93,14 @@ class Worker:
             raise ConfigurationError("heartbeat_interval must be > 0 and shutdown_timeout >= 0")
         if not 1 <= completion_batch <= 200:
             raise ConfigurationError("completion_batch must be from 1 to 200")
+        if isinstance(max_result_bytes, bool) or not isinstance(max_result_bytes, int):
+            raise ConfigurationError(
+                f"max_result_bytes must be an int (bytes), not {max_result_bytes!r}"
+            )
+        if max_result_bytes < 0:
+            raise ConfigurationError("max_result_bytes must be >= 0 (0 stores no result)")
+        if not progress_interval > 0:
+            raise ConfigurationError("progress_interval must be > 0 (seconds)")
         self.chancy = chancy
         self.worker_id = worker_id or str(uuid.uuid4())
         self.hostname = socket.gethostname()
@@ -104,7 +120,9 @@ class Worker:
         self._listener = Listener(chancy.connect, schema.channel, self._on_event, self._missed)
         self._queues = QueueSet(self.tags, self._new_producer)
         self._runners: RunnerPool[tuple[QueueProducer, Running]] = RunnerPool(self._run_job)
-        self._job_runner = JobRunner(FunctionResolver(self.allow), self._hooks, self)
+        self._job_runner = JobRunner(
+            FunctionResolver(self.allow), self._hooks, self, max_result_bytes=max_result_bytes
+        )
         self._completer = Completer(
             self._write,
             batch=completion_batch,
@@ -129,6 +147,12 @@ class Worker:
             on_transient=self._check_pool,
             interval=heartbeat_interval,
             worker_id=self.worker_id,
+        )
+        self._progress = ProgressWriter(
+            chancy.execute,
+            partial(ops.set_progress, schema, self.worker_id),
+            self._all_running,
+            interval=progress_interval,
         )
         self._tasks = PluginTasks(self._hooks, self)
 
@@ -232,6 +256,7 @@ class Worker:
                 await tg.start(self._listener.run)
                 tg.start_soon(self._heartbeat.run)
                 tg.start_soon(self._completer.run)
+                tg.start_soon(self._progress.run)
                 self._queues.apply(await self.chancy.execute(ops.select_queues(self._schema)))
                 tg.start_soon(self._queues.run, self._read_queues)
                 self._tasks.start(tg)
@@ -396,6 +421,9 @@ class Worker:
             for running in producer.running:
                 if running.job.id in ids:
                     running.stop("cancel")
+
+    def _all_running(self) -> list[Running]:
+        return [r for p in self._queues.all() for r in p.running]
 
     def _knows(self, job_id: str) -> bool:
         """Whether this worker runs ``job_id`` or holds its outcome."""

@@ -63,14 +63,10 @@ _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s|:?$)")
 def return_value(job: Any) -> Any:
     """The value the job's function returned, for ``TaskResult.return_value``.
 
-    chancy-core does not store return values yet (a ``result`` on the job row comes
-    later, from another branch); until then this is ``None``. It is the one place to
-    change when it lands: add the field to :class:`~chancy_plugin_django.models.Job`
-    and return ``job.result``.
-    """
-    # getattr with a default because the jobs table has no `result` column yet; once it
-    # has one (and the model its field) this is plain attribute access.
-    return getattr(job, "result", None)
+    chancy-core stores it as JSON in the job's ``result`` (``None`` until the task
+    succeeded, or when the worker could not store it: then the row's ``result_error``
+    says why)."""
+    return job.result
 
 
 def _exception_path(traceback: str) -> str:

@@ -39,6 +39,9 @@ class Job(models.Model):
     errors = models.JSONField(default=list)
     taken_by = models.TextField(null=True)
     cancelled_at = models.DateTimeField(null=True)
+    result = models.JSONField(null=True)
+    result_error = models.TextField(null=True)
+    progress = models.JSONField(null=True)
 
     class Meta:
         managed = False

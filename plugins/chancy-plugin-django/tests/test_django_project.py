@@ -91,8 +91,8 @@ def test_a_committed_task_runs_on_the_worker_and_succeeds(worker: Any) -> None:
     assert result.args == [body["note"]] and result.kwargs == {}
     # The task used the ORM in a process-executor child: django.setup() ran there.
     assert Note.objects.get(id=body["note"]).words == 3
-    # chancy-core does not store return values yet (see backend.return_value).
-    assert result.return_value is None
+    # The task's return value (the word count) comes back through Django's TaskResult.
+    assert result.return_value == 3
     status = Client().get(f"/tasks/{body['task']}/")
     assert status.json() == {"status": "SUCCESSFUL", "attempts": 1, "errors": 0}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import LiteralString
 
 #: How a step's result is read from its job's row.
-JOB_RESULT: LiteralString = "NULL::jsonb"
+JOB_RESULT: LiteralString = "j.result"
 
 # --- submitting -------------------------------------------------------------------------------
 

@@ -332,8 +332,8 @@ def step_context(job_context: Job) -> StepContext | None:
 def get_step_results(job_context: Job) -> dict[str, Any]:
     """What the steps this step depends on returned, by step name::
 
-        async def report(job_context: QueuedJob) -> None:
-            counts = get_step_results(job_context)  # {"count_a": 3, "count_b": 5}
+    async def report(job_context: QueuedJob) -> None:
+        counts = get_step_results(job_context)  # {"count_a": 3, "count_b": 5}
     """
     found = step_context(job_context)
     if found is None:
@@ -401,7 +401,9 @@ _JOB_STATES = {s.value: s for s in QueuedJob.State}
 Operation = Generator[tuple[bytes, dict[str, Any]], Rows, Any]
 
 
-def _workflow_from_row(row: Sequence[Any], steps: dict[str, StepInfo] | None = None) -> WorkflowInfo:
+def _workflow_from_row(
+    row: Sequence[Any], steps: dict[str, StepInfo] | None = None
+) -> WorkflowInfo:
     wid, name, state, policy, total, done, failed, created, updated, completed = row
     return WorkflowInfo(
         id=str(wid),
@@ -434,8 +436,10 @@ def _get_op(app: Chancy, workflow_id: object) -> Operation:
         raise WorkflowNotFoundError(f"workflow {wid} does not exist")
     steps = {}
     for name, state, deps, job_id, job_state, result, updated in (
-        yield app.schema.render(q.SELECT_STEPS),
-        {"id": wid},
+        yield (
+            app.schema.render(q.SELECT_STEPS),
+            {"id": wid},
+        )
     ):
         steps[name] = StepInfo(
             name=name,
@@ -532,7 +536,7 @@ async def wait_for_workflow(
     async with conn:
         await conn.execute(listen)
         while True:
-            info = await _arun(app, conn, _get_op(app, wid))
+            info: WorkflowInfo = await _arun(app, conn, _get_op(app, wid))
             if info.done:
                 return info
             wait = interval
@@ -558,7 +562,7 @@ def sync_wait_for_workflow(
     with app.sync_connect() as conn:
         conn.execute(listen)
         while True:
-            info = _srun(app, conn, _get_op(app, wid))
+            info: WorkflowInfo = _srun(app, conn, _get_op(app, wid))
             if info.done:
                 return info
             wait = interval
@@ -633,7 +637,12 @@ def _submit_op(app: Chancy, workflow: Workflow, plan: _Plan) -> WriteOperation:
     wid = str(uuid.uuid4())
     yield (
         app.schema.render(q.INSERT_WORKFLOW),
-        {"id": wid, "name": workflow.name, "on_failure": workflow.on_failure, "total": len(plan.names)},
+        {
+            "id": wid,
+            "name": workflow.name,
+            "on_failure": workflow.on_failure,
+            "total": len(plan.names),
+        },
     )
     yield (
         app.schema.render(q.INSERT_STEPS),
@@ -730,7 +739,9 @@ async def cancel_workflow(app: Chancy, workflow_id: str) -> bool:
     and running steps are cancelled (:meth:`Chancy.cancel_job`). Returns whether it was
     running. Raises :class:`WorkflowNotFoundError` if it does not exist."""
     try:
-        job_ids: list[str] | None = await app.execute(_cancel_op(app, workflow_id), transaction=True)
+        job_ids: list[str] | None = await app.execute(
+            _cancel_op(app, workflow_id), transaction=True
+        )
     except SchemaMissingError:
         raise _missing() from None
     if job_ids is None:
@@ -802,9 +813,8 @@ async def advance(app: Chancy, job_ids: Sequence[str]) -> int:
         return 0
     for attempt in range(5):
         try:
-            async with app.pool.connection() as conn:
-                async with conn.transaction():
-                    marked, to_cancel = await _advance(app, conn, list(job_ids))
+            async with app.pool.connection() as conn, conn.transaction():
+                marked, to_cancel = await _advance(app, conn, list(job_ids))
             break
         except _RETRIES:
             if attempt == 4:
@@ -816,7 +826,10 @@ async def advance(app: Chancy, job_ids: Sequence[str]) -> int:
 
 
 async def _fetch(
-    conn: psycopg.AsyncConnection[Any], app: Chancy, statement: LiteralString, params: dict[str, Any]
+    conn: psycopg.AsyncConnection[Any],
+    app: Chancy,
+    statement: LiteralString,
+    params: dict[str, Any],
 ) -> Rows:
     cur = await conn.execute(app.schema.render(statement), params)
     return await cur.fetchall() if cur.description else []
@@ -829,12 +842,10 @@ async def _advance(
     wids = [row[0] for row in await _fetch(conn, app, q.WORKFLOWS_OF_JOBS, {"job_ids": ids})]
     if not wids:
         return 0, []
-    policy = dict(await _fetch(conn, app, q.LOCK_RUNNING, {"ids": wids}))
+    policy: dict[uuid.UUID, str] = dict(await _fetch(conn, app, q.LOCK_RUNNING, {"ids": wids}))
     if not policy:
         return 0, []
-    finished = await _fetch(
-        conn, app, q.FINISH_STEPS, {"workflows": list(policy), "job_ids": ids}
-    )
+    finished = await _fetch(conn, app, q.FINISH_STEPS, {"workflows": list(policy), "job_ids": ids})
     if not finished:
         return 0, []
     done: Counter[uuid.UUID] = Counter()
@@ -915,7 +926,9 @@ async def _push_ready(
     keys: list[tuple[uuid.UUID, str]] = []
     for wid, steps in ready.items():
         parents = sorted({dep for _, _, deps in steps for dep in deps})
-        results = dict(await _fetch(conn, app, q.STEP_RESULTS, {"id": wid, "names": parents}))
+        results: dict[str, Any] = dict(
+            await _fetch(conn, app, q.STEP_RESULTS, {"id": wid, "names": parents})
+        )
         for name, packed, deps in steps:
             try:
                 template = Job.unpack(packed)

@@ -1,15 +1,12 @@
 """Every statement of the workflow plugin; ``{name}`` placeholders get the app's table prefix.
 
-``{jobs}`` is the core's jobs table: steps read their job's ``state`` (and, once the core
-stores them, ``result``) from it in the same statement as their own rows.
+``{jobs}`` is the core's jobs table: steps read their job's ``state`` and ``result`` from
+it in the same statement as their own rows.
 """
 
 from __future__ import annotations
 
 from typing import LiteralString
-
-#: How a step's result is read from its job's row.
-JOB_RESULT: LiteralString = "j.result"
 
 # --- submitting -------------------------------------------------------------------------------
 
@@ -99,13 +96,10 @@ RETURNING s.workflow_id, s.name, s.waiting, s.job, s.depends_on
 """
 
 # The results of the given steps (the dependencies of steps about to be pushed).
-STEP_RESULTS: LiteralString = (
-    "SELECT s.name, "
-    + JOB_RESULT
-    + """ FROM {workflow_steps} AS s JOIN {jobs} AS j ON j.id = s.job_id
+STEP_RESULTS: LiteralString = """
+SELECT s.name, j.result FROM {workflow_steps} AS s JOIN {jobs} AS j ON j.id = s.job_id
 WHERE s.workflow_id = %(id)s AND s.name = ANY(%(names)s::text[])
 """
-)
 
 COUNT_FINAL: LiteralString = """
 UPDATE {workflows} AS w
@@ -154,33 +148,27 @@ LOCK_ONE: LiteralString = "SELECT state FROM {workflows} WHERE id = %(id)s FOR U
 
 # --- reading ----------------------------------------------------------------------------------
 
-WORKFLOW_COLUMNS: LiteralString = (
-    "id, name, state, on_failure, steps_total, steps_done, steps_failed, created_at,"
-    " updated_at, completed_at"
-)
+# Both read these columns, in this order (see _workflow_from_row).
+SELECT_WORKFLOW: LiteralString = """
+SELECT id, name, state, on_failure, steps_total, steps_done, steps_failed, created_at,
+       updated_at, completed_at
+FROM {workflows} WHERE id = %(id)s
+"""
 
-SELECT_WORKFLOW: LiteralString = (
-    "SELECT " + WORKFLOW_COLUMNS + " FROM {workflows} WHERE id = %(id)s"
-)
-
-SELECT_STEPS: LiteralString = (
-    "SELECT s.name, s.state, s.depends_on, s.job_id, j.state, "
-    + JOB_RESULT
-    + """, s.updated_at
+SELECT_STEPS: LiteralString = """
+SELECT s.name, s.state, s.depends_on, s.job_id, j.state, j.result, s.updated_at
 FROM {workflow_steps} AS s LEFT JOIN {jobs} AS j ON j.id = s.job_id
 WHERE s.workflow_id = %(id)s
 ORDER BY s.name
 """
-)
 
-LIST_WORKFLOWS: LiteralString = (
-    "SELECT "
-    + WORKFLOW_COLUMNS
-    + """ FROM {workflows}
+LIST_WORKFLOWS: LiteralString = """
+SELECT id, name, state, on_failure, steps_total, steps_done, steps_failed, created_at,
+       updated_at, completed_at
+FROM {workflows}
 WHERE (%(state)s::text IS NULL OR state = %(state)s)
   AND (%(after)s::uuid IS NULL
        OR (created_at, id) < (SELECT created_at, id FROM {workflows} WHERE id = %(after)s))
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 """
-)

@@ -39,7 +39,7 @@ def job(func: Any, **kwargs: Any) -> Job:
 
 async def count(app: Chancy, statement: str, params: Any = None) -> int:
     async with app.pool.connection() as conn:
-        cur = await conn.execute(app.schema.render(statement), params)  # type: ignore[arg-type]
+        cur = await conn.execute(app.schema.render(statement), params)
         row = await cur.fetchone()
         return int(row[0]) if row else 0
 

@@ -130,7 +130,7 @@ async def test_workers_killed_mid_workflow_lose_nothing_and_never_overlap(
                         ),
                         {"id": wid},
                     )
-                    jobs_per_step = dict(await cur.fetchall())
+                    jobs_per_step: dict[str, int] = dict(await cur.fetchall())
     finally:
         for process in processes:
             if process.returncode is None:
@@ -156,8 +156,8 @@ async def test_workers_killed_mid_workflow_lose_nothing_and_never_overlap(
         for pid, _, finished in runs[:-1]:
             assert pid == victim.pid and finished is None, (step, runs)
         spans = [(started, finished or killed_at) for _, started, finished in runs]
-        for (_, end), (start, _) in itertools.pairwise(spans):
-            assert end <= start, (step, runs)
+        for (_, end), (begin, _) in itertools.pairwise(spans):
+            assert end <= begin, (step, runs)
     done = {step: runs[-1] for step, runs in by_step.items()}
     for child, parents in flow.steps.items():
         for parent in parents:

@@ -10,7 +10,13 @@ from contextlib import AbstractAsyncContextManager
 import anyio
 import pytest
 import workflow_helpers as h
-from chancy_plugin_workflow import Workflow, Workflows, WorkflowState, submit_workflow, wait_for_workflow
+from chancy_plugin_workflow import (
+    Workflow,
+    Workflows,
+    WorkflowState,
+    submit_workflow,
+    wait_for_workflow,
+)
 
 from chancy_core import Chancy, Job, Queue, Worker
 

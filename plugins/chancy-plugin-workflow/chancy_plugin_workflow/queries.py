@@ -77,15 +77,18 @@ RETURNING name
 """
 
 # Policy "fail" and cancel_workflow: every step not final yet is cancelled; the jobs of
-# the queued ones are returned, to be cancelled once this transaction commits.
+# the queued ones are returned, to be cancelled once this transaction commits: the
+# running ones last, so that the slot one frees cannot start a job about to be cancelled.
 CANCEL_STEPS: LiteralString = """
 WITH cancelled AS (
     UPDATE {workflow_steps} SET state = 'cancelled', updated_at = now()
     WHERE workflow_id = %(id)s AND state IN ('waiting', 'queued')
     RETURNING job_id
 )
-SELECT count(*), coalesce(array_agg(job_id) FILTER (WHERE job_id IS NOT NULL), '{{}}')
-FROM cancelled
+SELECT count(*),
+       coalesce(array_agg(c.job_id ORDER BY j.state = 'running')
+                FILTER (WHERE c.job_id IS NOT NULL), '{{}}')
+FROM cancelled AS c LEFT JOIN {jobs} AS j ON j.id = c.job_id
 """
 
 DECREMENT_WAITING: LiteralString = """

@@ -23,6 +23,11 @@ from chancy_plugin_workflow import (
     get_workflow,
     list_workflows,
     submit_workflow,
+    sync_cancel_workflow,
+    sync_get_workflow,
+    sync_list_workflows,
+    sync_submit_workflow,
+    sync_wait_for_workflow,
     wait_for_workflow,
 )
 
@@ -396,3 +401,45 @@ async def test_the_sweeper_advances_steps_no_worker_reported(
             info = await get_workflow(bare, wid)
     assert info.state is WorkflowState.SUCCEEDED
     assert info.results() == {"a": 1, "b": 1}
+
+
+async def test_the_sync_twins(database: str, run_worker: RunWorker) -> None:
+    """What a Django or Flask view calls: submit inside its transaction, read, wait,
+    cancel (in a thread here, as such code runs outside the event loop)."""
+    ok = Workflow("sync")
+    ok.add("a", job(h.value, x=2))
+    ok.add("b", job(h.total), depends_on=["a"])
+    stuck = Workflow("to cancel")
+    stuck.add("slow", job(h.sleep, seconds=60))
+    stuck.add("after", job(h.noop), depends_on=["slow"])
+
+    def in_sync_code(app: Chancy) -> tuple[Any, ...]:
+        with app.sync_connect() as conn:
+            with pytest.raises(RuntimeError), conn.transaction():
+                sync_submit_workflow(app, ok, connection=conn)
+                raise RuntimeError("rolled back")
+            assert sync_list_workflows(app) == []
+            with conn.transaction():
+                wid = sync_submit_workflow(app, ok, connection=conn)
+        other = sync_submit_workflow(app, stuck)
+        assert sync_get_workflow(app, other).steps["after"].state is StepState.WAITING
+        done = sync_wait_for_workflow(app, wid, timeout=15, interval=0.2)
+        cancelled = sync_cancel_workflow(app, other)
+        listed = [w.id for w in sync_list_workflows(app)]
+        return done, cancelled, sync_get_workflow(app, other), listed, wid, other
+
+    with anyio.fail_after(30):
+        async with Chancy(database) as app:
+            await app.declare(Queue("default", concurrency=4, polling_interval=0.2))
+            async with run_worker(app):
+                done, cancelled, after, listed, wid, other = await anyio.to_thread.run_sync(
+                    in_sync_code, app
+                )
+                slow = after.steps["slow"].job
+                assert slow is not None
+                stopped = await app.wait_for_job(slow, timeout=10)
+            app.sync_close()
+    assert done.state is WorkflowState.SUCCEEDED and done.results() == {"a": 2, "b": 2}
+    assert cancelled is True and after.state is WorkflowState.CANCELLED
+    assert stopped.state is QueuedJob.State.FAILED
+    assert listed == [other, wid]

@@ -58,7 +58,12 @@ import psycopg
 from psycopg import sql
 
 from chancy_core import Chancy, ChancyError, Job, QueuedJob, Reference, hookimpl
-from chancy_core.errors import TRANSIENT_ERRORS, InvalidJobError, SchemaMissingError
+from chancy_core.errors import (
+    TRANSIENT_ERRORS,
+    DatabaseUnavailableError,
+    InvalidJobError,
+    SchemaMissingError,
+)
 from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_workflow import queries as q
 
@@ -522,34 +527,62 @@ def _notify_params(app: Chancy, workflow_id: object, state: str) -> dict[str, An
     }
 
 
+def _waited_too_long(wid: str, timeout: float | None, info: WorkflowInfo | None) -> TimeoutError:
+    progress = f" ({info.steps_done} of {info.steps_total} steps done)" if info else ""
+    return TimeoutError(f"workflow {wid} did not finish within {timeout}s{progress}")
+
+
+_AWAY = (psycopg.OperationalError, DatabaseUnavailableError)
+
+
 async def wait_for_workflow(
     app: Chancy, workflow_id: str, *, timeout: float | None = None, interval: float = 1.0
 ) -> WorkflowInfo:
     """Wait until the workflow is in a final state, and return it.
 
     Woken by a notification when it ends; checks every ``interval`` seconds in case a
-    notification is lost. Raises :class:`TimeoutError` after ``timeout`` seconds."""
+    notification is lost, and reconnects if the database goes away. Raises
+    :class:`TimeoutError` after ``timeout`` seconds, :class:`WorkflowNotFoundError` if it
+    does not exist."""
     wid = str(_workflow_id(workflow_id))
     deadline = None if timeout is None else time.monotonic() + timeout
     listen = sql.SQL("LISTEN {}").format(sql.Identifier(_channel(app)))
-    conn = await app.connect()
-    async with conn:
-        await conn.execute(listen)
+    conn: psycopg.AsyncConnection[Any] | None = None
+    info: WorkflowInfo | None = None
+    try:
         while True:
-            info: WorkflowInfo = await _arun(app, conn, _get_op(app, wid))
+            try:
+                if conn is None or conn.closed:
+                    conn = await app.connect()
+                    await conn.execute(listen)
+                info = await _arun(app, conn, _get_op(app, wid))
+            except _AWAY as exc:
+                log.warning("wait_for_workflow: database unavailable (%s); retrying", exc)
+                if conn is not None:
+                    await conn.close()
+                conn = None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _waited_too_long(wid, timeout, info) from exc
+                await anyio.sleep(min(interval, 1.0))
+                continue
+            assert info is not None
             if info.done:
                 return info
             wait = interval
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
-                    raise TimeoutError(
-                        f"workflow {wid} did not finish within {timeout}s ({info.steps_done} of"
-                        f" {info.steps_total} steps done)"
-                    )
-            async for note in conn.notifies(timeout=wait):
-                if wid in note.payload:
-                    break
+                    raise _waited_too_long(wid, timeout, info)
+            try:
+                async for note in conn.notifies(timeout=wait):
+                    if wid in note.payload:
+                        break
+            except psycopg.OperationalError:
+                await conn.close()
+                conn = None
+    finally:
+        if conn is not None:
+            await conn.close()
 
 
 def sync_wait_for_workflow(
@@ -559,23 +592,42 @@ def sync_wait_for_workflow(
     wid = str(_workflow_id(workflow_id))
     deadline = None if timeout is None else time.monotonic() + timeout
     listen = sql.SQL("LISTEN {}").format(sql.Identifier(_channel(app)))
-    with app.sync_connect() as conn:
-        conn.execute(listen)
+    conn: psycopg.Connection[Any] | None = None
+    info: WorkflowInfo | None = None
+    try:
         while True:
-            info: WorkflowInfo = _srun(app, conn, _get_op(app, wid))
+            try:
+                if conn is None or conn.closed:
+                    conn = app.sync_connect()
+                    conn.execute(listen)
+                info = _srun(app, conn, _get_op(app, wid))
+            except _AWAY as exc:
+                log.warning("sync_wait_for_workflow: database unavailable (%s); retrying", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _waited_too_long(wid, timeout, info) from exc
+                time.sleep(min(interval, 1.0))
+                continue
+            assert info is not None
             if info.done:
                 return info
             wait = interval
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
-                    raise TimeoutError(
-                        f"workflow {wid} did not finish within {timeout}s ({info.steps_done} of"
-                        f" {info.steps_total} steps done)"
-                    )
-            for note in conn.notifies(timeout=wait):
-                if wid in note.payload:
-                    break
+                    raise _waited_too_long(wid, timeout, info)
+            try:
+                for note in conn.notifies(timeout=wait):
+                    if wid in note.payload:
+                        break
+            except psycopg.OperationalError:
+                conn.close()
+                conn = None
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 # --- running operations: (statement, params) steps, or a push ---------------------------------

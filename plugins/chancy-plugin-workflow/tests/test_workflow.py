@@ -443,3 +443,13 @@ async def test_the_sync_twins(database: str, run_worker: RunWorker) -> None:
     assert cancelled is True and after.state is WorkflowState.CANCELLED
     assert stopped.state is QueuedJob.State.FAILED
     assert listed == [other, wid]
+
+
+async def test_waiting_times_out_with_the_progress_made(chancy: Chancy) -> None:
+    flow = Workflow("nobody runs it")
+    flow.add("a", job(h.noop))
+    wid = await submit_workflow(chancy, flow)
+    with anyio.fail_after(10), pytest.raises(TimeoutError, match="0 of 1 steps done"):
+        await wait_for_workflow(chancy, wid, timeout=0.3, interval=0.1)
+    with pytest.raises(WorkflowNotFoundError):
+        await wait_for_workflow(chancy, "00000000-0000-0000-0000-000000000000", timeout=1)

@@ -40,11 +40,13 @@ Job.meta key owned: ``"workflow"``: ``{"id": workflow id, "step": name, "results
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import enum
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -367,6 +369,18 @@ class StepInfo:
     """What the job's function returned (``None`` until it succeeded)."""
     updated_at: datetime
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-compatible dict."""
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "depends_on": list(self.depends_on),
+            "job": self.job.identifier if self.job else None,
+            "job_state": self.job_state.value if self.job_state else None,
+            "result": self.result,
+            "updated_at": self.updated_at.isoformat(),
+        }
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkflowInfo:
@@ -391,6 +405,22 @@ class WorkflowInfo:
     def done(self) -> bool:
         """Whether the workflow is in a final state."""
         return self.state is not WorkflowState.RUNNING
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-compatible dict (what ``chancy workflow show --json`` prints)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state.value,
+            "on_failure": self.on_failure,
+            "steps_total": self.steps_total,
+            "steps_done": self.steps_done,
+            "steps_failed": self.steps_failed,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "steps": {name: step.to_json() for name, step in self.steps.items()},
+        }
 
     def results(self) -> dict[str, Any]:
         """What each succeeded step returned, by step name."""
@@ -1037,6 +1067,10 @@ class Workflows:
         return load_migrations("workflow", "chancy_plugin_workflow.migrations")
 
     @hookimpl
+    def chancy_register_commands(self, subparsers: Any) -> None:
+        _register_commands(subparsers)
+
+    @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
         register("workflow.advancer", self._advancer)
         register("workflow.sweeper", self._sweeper, leader_only=True)
@@ -1126,3 +1160,57 @@ class Workflows:
             except TRANSIENT_ERRORS as exc:
                 log.warning("workflow sweeper: the database is unavailable (%s)", exc)
             await anyio.sleep(self.sweep_interval)
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def _register_commands(subparsers: Any) -> None:
+    workflow = subparsers.add_parser("workflow", help="read and cancel workflows")
+    actions = workflow.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list workflows, newest first")
+    listing.add_argument("--state", choices=[s.value for s in WorkflowState])
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (1-1000)")
+    listing.add_argument("--after", help="the last id of the previous page")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_cli_list)
+    show = actions.add_parser("show", help="a workflow and its steps")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_cli_show)
+    cancel = actions.add_parser("cancel", help="cancel a running workflow")
+    cancel.add_argument("id")
+    cancel.set_defaults(handler=_cli_cancel)
+
+
+async def _cli_list(app: Chancy, args: argparse.Namespace) -> int:
+    found = await list_workflows(app, state=args.state, limit=args.limit, after=args.after)
+    if args.json:
+        print(json.dumps([w.to_json() for w in found], indent=2))
+        return 0
+    for w in found:
+        print(
+            f"{w.id}\t{w.state.value}\t{w.steps_done}/{w.steps_total}\t"
+            f"{w.created_at.isoformat()}\t{w.name}"
+        )
+    return 0
+
+
+async def _cli_show(app: Chancy, args: argparse.Namespace) -> int:
+    info = await get_workflow(app, args.id)
+    if args.json:
+        print(json.dumps(info.to_json(), indent=2, default=str))
+        return 0
+    print(f"{info.id}\t{info.state.value}\t{info.steps_done}/{info.steps_total}\t{info.name}")
+    for step in info.steps.values():
+        job = step.job.identifier if step.job else "-"
+        print(f"  {step.name}\t{step.state.value}\t{job}\t{','.join(step.depends_on)}")
+    return 0
+
+
+async def _cli_cancel(app: Chancy, args: argparse.Namespace) -> int:
+    if await cancel_workflow(app, args.id):
+        print(f"cancelled workflow {args.id}")
+        return 0
+    print(f"chancy: error: workflow {args.id} is not running", file=sys.stderr)
+    return 1

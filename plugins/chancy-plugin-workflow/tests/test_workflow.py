@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -32,6 +33,7 @@ from chancy_plugin_workflow import (
 )
 
 from chancy_core import Chancy, Job, Queue, QueuedJob, Worker, hookimpl
+from chancy_core.cli import main
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -453,3 +455,25 @@ async def test_waiting_times_out_with_the_progress_made(chancy: Chancy) -> None:
         await wait_for_workflow(chancy, wid, timeout=0.3, interval=0.1)
     with pytest.raises(WorkflowNotFoundError):
         await wait_for_workflow(chancy, "00000000-0000-0000-0000-000000000000", timeout=1)
+
+
+def test_workflow_commands_list_show_and_cancel(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = Workflow("from the cli")
+    flow.add("a", job(h.noop))
+    flow.add("b", job(h.noop), depends_on=["a"])
+    with Chancy(database) as app:
+        wid = sync_submit_workflow(app, flow)
+    assert main(["--dsn", database, "workflow", "list"]) == 0
+    assert capsys.readouterr().out.startswith(f"{wid}\trunning\t0/2\t")
+    assert main(["--dsn", database, "workflow", "show", wid, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["steps"]["b"]["state"] == "waiting" and shown["steps"]["a"]["job"]
+    assert main(["--dsn", database, "workflow", "cancel", wid]) == 0
+    assert main(["--dsn", database, "workflow", "cancel", wid]) == 1
+    assert "is not running" in capsys.readouterr().err
+    assert main(["--dsn", database, "workflow", "list", "--state", "cancelled", "--json"]) == 0
+    assert [w["id"] for w in json.loads(capsys.readouterr().out)] == [wid]
+    assert main(["--dsn", database, "workflow", "show", "nope"]) == 1
+    assert "not a workflow id" in capsys.readouterr().err

@@ -330,8 +330,8 @@ async def test_two_workers_finishing_many_parents_at_once_push_the_child_once(
 ) -> None:
     parents = [f"p{i}" for i in range(60)]
     flow = Workflow("fan-in")
-    for name in parents:
-        flow.add(name, job(h.noop))
+    for name in parents:  # as long each: both workers finish parents at the same moments
+        flow.add(name, job(h.sleep, seconds=0.2))
     flow.add("child", job(h.noop), depends_on=parents)
     counters = [Finished(), Finished()]
     apps = [

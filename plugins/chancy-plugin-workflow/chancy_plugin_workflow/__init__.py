@@ -1159,6 +1159,11 @@ class Workflows:
                 await self.sweep(worker.app)
             except TRANSIENT_ERRORS as exc:
                 log.warning("workflow sweeper: the database is unavailable (%s)", exc)
+            except (psycopg.errors.UndefinedTable, SchemaMissingError):
+                log.warning(
+                    "workflow sweeper: the workflow tables do not exist; run `chancy migrate`"
+                    " with chancy-plugin-workflow installed"
+                )
             await anyio.sleep(self.sweep_interval)
 
 

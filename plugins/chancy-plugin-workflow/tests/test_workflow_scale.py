@@ -55,3 +55,28 @@ async def test_a_10000_step_fan_out_and_fan_in_completes(
     assert info.steps_done == len(flow) == WIDTH + 2
     assert info.steps["sink"].job_state is not None
     assert total < 300, f"{total:.0f}s is not reasonable"
+
+
+async def test_a_chain_advances_without_waiting_for_any_poll(
+    database: str, run_worker: RunWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """200 steps one after the other, on a queue polled every 30 s and a sweeper every
+    hour: each step is pushed by its parent's hook and wakes the worker at once."""
+    length = 200
+    flow = Workflow("chain")
+    previous: list[str] = []
+    for i in range(length):
+        previous = [flow.add(f"s{i}", Job.from_func(h.noop), depends_on=previous)]
+    plugin = Workflows(sweep_interval=3600)
+    async with Chancy(database, autoload_plugins=False, plugins=[plugin]) as app:
+        await app.declare(Queue("default", concurrency=4, polling_interval=30.0))
+        with anyio.fail_after(120):
+            async with run_worker(app):
+                started = time.monotonic()
+                wid = await submit_workflow(app, flow)
+                info = await wait_for_workflow(app, wid, timeout=110, interval=0.5)
+                total = time.monotonic() - started
+    with capsys.disabled():
+        print(f"\n{length}-step chain: {total:.1f}s, {1000 * total / length:.0f} ms per step")
+    assert info.state is WorkflowState.SUCCEEDED
+    assert total < 60, f"{total:.0f}s: steps waited for a poll"

@@ -477,3 +477,24 @@ def test_workflow_commands_list_show_and_cancel(
     assert [w["id"] for w in json.loads(capsys.readouterr().out)] == [wid]
     assert main(["--dsn", database, "workflow", "show", "nope"]) == 1
     assert "not a workflow id" in capsys.readouterr().err
+
+
+async def test_the_sweeper_cancels_jobs_a_dead_canceller_left_running(chancy: Chancy) -> None:
+    """cancel_workflow commits, then cancels the jobs: if its process dies in between,
+    the sweeper cancels them."""
+    from chancy_plugin_workflow import _cancel_op
+
+    flow = Workflow("half cancelled")
+    flow.add("a", job(h.noop))
+    flow.add("b", job(h.noop))
+    wid = await submit_workflow(chancy, flow)
+    job_ids = await chancy.execute(_cancel_op(chancy, wid), transaction=True)  # no cancel_job
+    assert len(job_ids) == 2
+    assert all(
+        j is not None and j.state is QueuedJob.State.PENDING for j in await chancy.get_jobs(job_ids)
+    )
+    assert await Workflows().sweep(chancy) == 0
+    for found in await chancy.get_jobs(job_ids):
+        assert found is not None and found.state is QueuedJob.State.FAILED
+        assert "cancelled" in found.errors[-1]["traceback"]
+    assert (await get_workflow(chancy, wid)).state is WorkflowState.CANCELLED

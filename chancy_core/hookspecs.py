@@ -17,6 +17,11 @@ once, at start, which hooks have implementations. Every call goes through
 Worker hooks receive a :class:`WorkerHandle`, the part of the worker plugins may
 rely on; ``chancy_job_completed`` receives a :class:`~chancy_core.Outcome`, and
 ``chancy_retry_decision`` may return a :class:`~chancy_core.RetryDecision`.
+
+Besides hooks, the worker reads two plugin attributes once at start (not hooks: facts
+about the plugin): ``recovers_dead_workers = True`` (the plugin puts back dead workers'
+jobs; without one such plugin the worker warns) and an optional ``describe()`` returning
+the short text the start-up summary shows for the plugin.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple
 
 from chancy_core import sql as q
@@ -22,6 +22,7 @@ from chancy_core.sql import Schema, queue_from_row
 
 __all__ = [
     "Claimed",
+    "IdHolder",
     "Operation",
     "OwnRunning",
     "Rows",
@@ -33,6 +34,7 @@ __all__ = [
     "release",
     "select_queues",
     "set_progress",
+    "take_worker_id",
     "unregister_worker",
 ]
 
@@ -83,6 +85,57 @@ def register_worker(
             "queues": list(queues),
         },
     )
+
+
+class IdHolder(NamedTuple):
+    """The worker that held an id another worker asked for (see :func:`take_worker_id`)."""
+
+    hostname: str
+    pid: int
+    heartbeat_age: float
+    """Seconds since its last heartbeat."""
+    replaced: bool
+    """Whether it was dead and its row was taken over (``False``: it is alive)."""
+
+
+def take_worker_id(
+    schema: Schema,
+    worker_id: str,
+    hostname: str,
+    pid: int,
+    tags: Sequence[str],
+    queues: Sequence[str],
+    *,
+    alive_within: float,
+    is_dead: Callable[[str, int], bool],
+) -> Operation:
+    """Register ``worker_id`` unless a live worker holds it.
+
+    Returns ``None`` when the id was free, else the :class:`IdHolder`: ``replaced`` if
+    its heartbeat is older than ``alive_within`` seconds or ``is_dead(hostname, pid)``
+    (this host can tell its process is gone), and then this worker took its row over;
+    not replaced if it is alive (nothing is written)."""
+    params = {
+        "worker_id": worker_id,
+        "hostname": hostname,
+        "pid": pid,
+        "tags": list(tags),
+        "queues": list(queues),
+    }
+    other_host, other_pid, age = "(unknown)", 0, 0.0
+    for _ in range(5):  # the row changes under us only if another worker races for the id
+        if (yield schema.render(q.INSERT_NEW_WORKER), params):
+            return None
+        rows = yield schema.render(q.SELECT_WORKER), {"worker_id": worker_id}
+        if not rows:
+            continue  # unregistered meanwhile
+        other_host, other_pid, last_seen, age = rows[0]
+        if age < alive_within and not is_dead(other_host, other_pid):
+            return IdHolder(other_host, other_pid, age, False)
+        replaced = yield schema.render(q.REPLACE_WORKER), {**params, "last_seen": last_seen}
+        if replaced:
+            return IdHolder(other_host, other_pid, age, True)
+    return IdHolder(other_host, other_pid, age, False)
 
 
 def unregister_worker(schema: Schema, worker_id: str) -> Operation:

@@ -281,6 +281,28 @@ ON CONFLICT (worker_id) DO UPDATE SET
     queues = EXCLUDED.queues, last_seen = now()
 """
 
+# Taking a worker id at start: insert the row if the id is free; otherwise read who holds it
+# and, if that worker is dead, take the row over only if it did not change meanwhile.
+INSERT_NEW_WORKER: LiteralString = """
+INSERT INTO {workers} (worker_id, hostname, pid, tags, queues, last_seen)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(tags)s, %(queues)s, now())
+ON CONFLICT (worker_id) DO NOTHING
+RETURNING worker_id
+"""
+
+SELECT_WORKER: LiteralString = """
+SELECT hostname, pid, last_seen, extract(epoch FROM now() - last_seen)::float8
+FROM {workers} WHERE worker_id = %(worker_id)s
+"""
+
+REPLACE_WORKER: LiteralString = """
+UPDATE {workers}
+SET hostname = %(hostname)s, pid = %(pid)s, tags = %(tags)s, queues = %(queues)s,
+    started_at = now(), last_seen = now()
+WHERE worker_id = %(worker_id)s AND last_seen = %(last_seen)s
+RETURNING worker_id
+"""
+
 DELETE_WORKER: LiteralString = "DELETE FROM {workers} WHERE worker_id = %(worker_id)s"
 
 # Every job the database says this worker runs (the heartbeat's check): whether someone

@@ -82,8 +82,9 @@ class Completer:
 
     An outcome leaves the list only once written; writing one twice is harmless (the
     write is fenced). A batch the database refuses is written one outcome at a time, and
-    an outcome it still refuses without its meta (and with its error text in ASCII), so
-    one bad value never holds back the others."""
+    an outcome it still refuses without its result (``result_error`` says so), then
+    without its meta (and with its error text in ASCII), so one bad value never holds
+    back the others."""
 
     def __init__(self, write: Writer, *, batch: int, delay: float, on_written: OnWritten) -> None:
         self._write_batch = write

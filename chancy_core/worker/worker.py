@@ -22,10 +22,16 @@ import anyio.abc
 
 from chancy_core import events, ops
 from chancy_core import sql as q
-from chancy_core.app import Chancy
-from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError, DatabaseUnavailableError
+from chancy_core.app import Chancy, mask_dsn
+from chancy_core.errors import (
+    TRANSIENT_ERRORS,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    WorkerError,
+)
 from chancy_core.hooks import call_event
 from chancy_core.job import QueuedJob
+from chancy_core.plugins import registered
 from chancy_core.queue import Queue
 from chancy_core.sql import job_from_row
 from chancy_core.worker.completer import Completer, Completion, storable
@@ -38,11 +44,44 @@ from chancy_core.worker.queues import QueueSet
 from chancy_core.worker.runner import JobRunner, RunnerPool, Running
 from chancy_core.worker.tasks import PluginTasks
 
-__all__ = ["Worker"]
+__all__ = ["RECOVERS_DEAD_WORKERS", "Worker", "describe_plugin"]
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
+
+RECOVERS_DEAD_WORKERS = "recovers_dead_workers"
+"""The plugin attribute that says a plugin puts back the jobs of dead workers: a plugin
+with ``recovers_dead_workers = True`` (chancy-plugin-recovery) silences the worker's
+start-up warning that no plugin does."""
+
+#: (database, prefix, worker id) of the workers running in this process: a second one
+#: with the same id is refused even though its host and pid are the same.
+_RUNNING_HERE: set[tuple[str, str, str]] = set()
+
+
+def describe_plugin(name: str, plugin: object) -> str:
+    """A plugin and its options, for the start-up summary: its ``describe()`` if it has
+    one, its own ``__repr__`` if it defines one, else its public attributes."""
+    describe = getattr(plugin, "describe", None)
+    if callable(describe):
+        try:
+            return f"{name}: {describe()}"
+        except Exception as exc:  # a summary never stops a worker
+            return f"{name}: (describe() failed: {exc})"
+    if type(plugin).__repr__ is not object.__repr__:
+        return f"{name}: {plugin!r}"
+    try:
+        options = {k: v for k, v in vars(plugin).items() if not k.startswith("_")}
+    except TypeError:  # no __dict__ (slots, a module)
+        return name
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in options.items() if not callable(v))
+    return f"{name}: {type(plugin).__name__}({shown})"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Worker:
@@ -242,8 +281,9 @@ class Worker:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the worker until :meth:`stop` (or SIGTERM via :meth:`serve`)."""
+        key = (self.chancy.dsn, self._schema.prefix, self.worker_id)
         try:
-            await self._heartbeat.register()  # SchemaMissingError if not migrated
+            await self._take_id(key)  # SchemaMissingError if not migrated
             try:
                 elects = bool(self._hooks.chancy_elects_leader(worker=self))
             except Exception:
@@ -263,23 +303,104 @@ class Worker:
                 if not elects:
                     await self.set_leader(True)
                 await call_event(self._hooks.chancy_worker_started, worker=self)
-                log.info(
-                    "worker %s started, serving %s",
-                    self.worker_id,
-                    sorted(self._queues.producers),
-                    extra={"worker_id": self.worker_id},
-                )
+                self._log_summary()
                 task_status.started()
                 await self._stopping.wait()
                 await self._shutdown()
                 tg.cancel_scope.cancel()
         finally:
+            _RUNNING_HERE.discard(key)
             with anyio.CancelScope(shield=True):
                 await self._runners.aclose()
                 for producer in self._queues.all():
                     with anyio.move_on_after(10):
                         await producer.executor.aclose()
                 self._stopped.set()
+
+    async def _take_id(self, key: tuple[str, str, str]) -> None:
+        """Register this worker's row, refusing an id a live worker holds (its heartbeat
+        is fresh and this host cannot tell it is gone); a dead one's row is taken over."""
+        alive_within = max(3 * self.heartbeat_interval, 15.0)
+        if key in _RUNNING_HERE:
+            holder: ops.IdHolder | None = ops.IdHolder(self.hostname, os.getpid(), 0.0, False)
+        else:
+            holder = await self.chancy.execute(
+                ops.take_worker_id(
+                    self._schema,
+                    self.worker_id,
+                    self.hostname,
+                    os.getpid(),
+                    sorted(self.tags),
+                    sorted(self._queues.producers),
+                    alive_within=alive_within,
+                    is_dead=self._is_dead_here,
+                )
+            )
+        if holder is not None and not holder.replaced:
+            raise WorkerError(
+                f"a worker with id {self.worker_id!r} is alive (pid {holder.pid} on"
+                f" {holder.hostname}, last heartbeat {holder.heartbeat_age:.1f}s ago):"
+                " stop it first, or give this worker another worker_id (a worker id is"
+                f" taken over only once its heartbeat is {alive_within:.0f}s old, or its"
+                " process is gone from this host)"
+            )
+        if holder is not None:
+            log.warning(
+                "worker %s: taking over the id of a dead worker (pid %d on %s, last heartbeat"
+                " %.1fs ago)",
+                self.worker_id,
+                holder.pid,
+                holder.hostname,
+                holder.heartbeat_age,
+                extra={"worker_id": self.worker_id},
+            )
+        _RUNNING_HERE.add(key)
+
+    def _is_dead_here(self, hostname: str, pid: int) -> bool:
+        """Whether the process ``pid`` of ``hostname`` is known to be gone: only this
+        host's processes can be checked (an earlier worker object of this process that
+        did not unregister, or a pid that no longer runs)."""
+        if hostname != self.hostname:
+            return False
+        if pid == os.getpid():
+            return True  # not in _RUNNING_HERE: a worker of this process that is gone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    def _log_summary(self) -> None:
+        """The start-up summary (INFO), and a warning when no plugin recovers the jobs of
+        dead workers."""
+        plugins = list(registered(self.chancy.plugins))
+        lines = [
+            f"worker {self.worker_id} started (pid {os.getpid()} on {self.hostname}),"
+            f" database {mask_dsn(self.chancy.dsn)} (table prefix {self._schema.prefix!r})"
+        ]
+        for name, producer in sorted(self._queues.producers.items()):
+            queue = producer.queue
+            lines.append(
+                f"  queue {name}: {queue.executor} executor, concurrency {queue.concurrency},"
+                f" {queue.state.value}"
+            )
+        if not self._queues.producers:
+            lines.append(f"  no queue matches this worker's tags {sorted(self.tags)}")
+        lines += [f"  plugin {describe_plugin(name, p)}" for name, p in plugins]
+        if not plugins:
+            lines.append("  no plugins")
+        log.info("\n".join(lines), extra={"worker_id": self.worker_id})
+        if not any(getattr(p, RECOVERS_DEAD_WORKERS, False) is True for _, p in plugins):
+            log.warning(
+                "worker %s: no plugin recovers the jobs of dead workers: if a worker dies"
+                " (kill -9, out of memory, a lost host) its running jobs stay 'running'"
+                " for ever. Install chancy-plugin-recovery (pip install"
+                " chancy-plugin-recovery) and add Recovery() to the app's plugins",
+                self.worker_id,
+                extra={"worker_id": self.worker_id},
+            )
 
     def _busy(self) -> bool:
         """Whether a job still runs, or a producer may still start one. (A job leaves its
@@ -291,6 +412,17 @@ class Worker:
         back to ``pending``, write every outcome, and unregister."""
         with anyio.CancelScope(shield=True):
             self._queues.close()  # stop claiming; running jobs go on
+            unfinished = len(self._all_running())
+            if unfinished:
+                log.info(
+                    "worker %s is shutting down: waiting up to %.1fs for %d running job%s to"
+                    " finish (a second signal stops them at once)",
+                    self.worker_id,
+                    self.shutdown_timeout,
+                    unfinished,
+                    "" if unfinished == 1 else "s",
+                    extra={"worker_id": self.worker_id},
+                )
             with anyio.move_on_after(self.shutdown_timeout) as self._drain_scope:
                 await call_event(self._hooks.chancy_worker_stopping, worker=self)
                 while self._busy():
@@ -350,6 +482,15 @@ class Worker:
                 await pool.putconn(conn)
         if claimed is None:
             raise DatabaseUnavailableError(f"claiming from {queue.name} did not finish in time")
+        if claimed.rows and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "claimed %d of up to %d jobs of %s: %s",
+                len(claimed.rows),
+                limit,
+                queue.name,
+                ", ".join(str(row[q.J_ID]) for row in claimed.rows),
+                extra={"worker_id": self.worker_id},
+            )
         return claimed
 
     def _start_job(self, producer: QueueProducer, row: tuple[Any, ...], token: str) -> None:
@@ -383,6 +524,16 @@ class Worker:
     async def _write(self, batch: Sequence[Completion]) -> set[str]:
         op = partial(ops.complete, self._schema, self.worker_id, [c.as_json() for c in batch])
         accepted: set[str] = await self._retrying("writing outcomes", op)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "wrote %d outcomes (%s)%s",
+                len(batch),
+                ", ".join(f"{c.id} {c.state}" for c in batch),
+                ""
+                if len(accepted) == len(batch)
+                else f"; {len(batch) - len(accepted)} fenced out (no longer held by this worker)",
+                extra={"worker_id": self.worker_id},
+            )
         return accepted
 
     async def _written(self, batch: Sequence[Completion], accepted: set[str]) -> None:

@@ -125,7 +125,7 @@ WITH candidates AS MATERIALIZED (  -- run once: its LIMIT bounds the batch
     FROM candidates AS c
     WHERE j.id = c.id AND j.state = 'running' AND j.taken_by IS NOT DISTINCT FROM c.taken_by
       AND j.attempts = c.attempts
-    RETURNING j.id, j.queue, j.state, c.reason, c.taken_by, c.rescues
+    RETURNING j.id, j.queue, j.state, c.reason, c.taken_by, c.rescues, j.func, j.attempts
 ), pushed AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'pushed', 'q', queue)::text))
     FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') AS queues
@@ -134,9 +134,9 @@ WITH candidates AS MATERIALIZED (  -- run once: its LIMIT bounds the batch
     FROM (SELECT array_agg(id) AS ids FROM rescued WHERE state = 'failed'
           HAVING count(*) > 0) AS failed
 )
-SELECT id, state, reason, taken_by, rescues FROM rescued
+SELECT id, state, reason, taken_by, rescues, func, attempts FROM rescued
 UNION ALL  -- read the notifications even when nothing was rescued, so that they run
-SELECT NULL, NULL, NULL, NULL, NULL FROM pushed, finished
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM pushed, finished
 WHERE pushed.count + finished.count < 0
 """
 
@@ -162,6 +162,10 @@ class Rescue:
     time limit plus grace)."""
     worker_id: str | None
     rescues: int
+    func: str = ""
+    """The job's function."""
+    attempt: int = 0
+    """The attempt that was rescued."""
 
 
 def _positive(value: object, what: str, *, allow_zero: bool = False) -> float:
@@ -197,6 +201,8 @@ class Recovery:
     """
 
     name = KEY
+    recovers_dead_workers = True
+    """Tells the worker this plugin puts back dead workers' jobs (no start-up warning)."""
 
     def __init__(
         self,
@@ -247,11 +253,17 @@ class Recovery:
             async with app.pool.connection() as conn:
                 cur = await conn.execute(statement, params)
                 rows = await cur.fetchall()
-            batch = [Rescue(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows if r[0] is not None]
+            batch = [
+                Rescue(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6])
+                for r in rows
+                if r[0] is not None
+            ]
             for rescue in batch:
                 log.warning(
-                    "job %s was rescued from worker %s (%s): %s",
+                    "job %s (%s) attempt %d was rescued from worker %s (%s): %s",
                     rescue.job_id,
+                    rescue.func,
+                    rescue.attempt,
                     rescue.worker_id,
                     rescue.reason,
                     "it failed, rescued more than max_rescues times"
@@ -262,6 +274,8 @@ class Recovery:
                         "worker_id": rescue.worker_id,
                         "reason": rescue.reason,
                         "rescues": rescue.rescues,
+                        "func": rescue.func,
+                        "attempt": rescue.attempt,
                     },
                 )
             done += batch

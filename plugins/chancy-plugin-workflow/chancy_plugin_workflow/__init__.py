@@ -1060,6 +1060,13 @@ class Workflows:
         #: One buffer per worker this plugin serves (several workers may share an app).
         self._buffers: dict[str, _Buffer] = {}
 
+    def describe(self) -> str:
+        """What the worker's start-up summary shows for this plugin."""
+        return (
+            f"Workflows(sweep_interval={self.sweep_interval}, batch_size={self.batch_size},"
+            f" batch_delay={self.batch_delay})"
+        )
+
     # --- hooks ---------------------------------------------------------------------------
 
     @hookimpl

@@ -67,6 +67,9 @@ async def create_runs(database: str) -> None:
 
 async def test_the_plugin_is_discovered_and_its_tables_exist(chancy: Chancy) -> None:
     assert isinstance(chancy.plugins.get_plugin("workflow"), Workflows)
+    assert Workflows(sweep_interval=5).describe() == (
+        "Workflows(sweep_interval=5, batch_size=500, batch_delay=0.01)"
+    )
     assert await list_workflows(chancy) == []
 
 

@@ -2,8 +2,9 @@
 
 from chancy_core.app import Chancy
 from chancy_core.errors import ChancyError
-from chancy_core.hookspecs import hookimpl
+from chancy_core.hookspecs import WorkerHandle, hookimpl
 from chancy_core.job import ErrorT, IsAJob, Job, Limit, QueuedJob, Reference, job
+from chancy_core.outcome import Outcome, RetryDecision
 from chancy_core.queue import Queue
 from chancy_core.worker import Worker
 
@@ -14,10 +15,13 @@ __all__ = [
     "IsAJob",
     "Job",
     "Limit",
+    "Outcome",
     "Queue",
     "QueuedJob",
     "Reference",
+    "RetryDecision",
     "Worker",
+    "WorkerHandle",
     "hookimpl",
     "job",
 ]

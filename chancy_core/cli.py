@@ -80,14 +80,21 @@ def _parse_queue(spec: str) -> Queue:
 
 
 def _start_processes(argv: Sequence[str], count: int) -> int:
-    """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM."""
+    """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM.
+
+    Child ``n`` gets ``$CHANCY_PROCESS_INDEX=n``.
+    """
     child_argv = [a for a in argv if not a.startswith("--processes")]
     if "--processes" in argv:
         i = list(argv).index("--processes")
         child_argv = [*argv[:i], *argv[i + 2 :]]
+    # Each child learns its index (0..count-1), e.g. for a metrics port per child.
     children = [
-        subprocess.Popen([sys.executable, "-m", "chancy_core.cli", *child_argv])
-        for _ in range(count)
+        subprocess.Popen(
+            [sys.executable, "-m", "chancy_core.cli", *child_argv],
+            env={**os.environ, "CHANCY_PROCESS_INDEX": str(n)},
+        )
+        for n in range(count)
     ]
 
     def forward(signum: int, frame: object) -> None:

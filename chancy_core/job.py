@@ -23,7 +23,17 @@ from typing import Any, Generic, ParamSpec, Protocol, Self, TypedDict, TypeVar
 
 from chancy_core.errors import InvalidJobError
 
-__all__ = ["ErrorT", "IsAJob", "Job", "Limit", "QueuedJob", "Reference", "job"]
+__all__ = [
+    "ErrorT",
+    "IsAJob",
+    "Job",
+    "Limit",
+    "ProgressT",
+    "QueuedJob",
+    "Reference",
+    "job",
+    "progress_sinks",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
@@ -36,6 +46,10 @@ QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 
 #: Functions decorated with :func:`job` in this process, by importable name.
 registered_jobs: dict[str, Callable[..., Any]] = {}
+
+#: Where :meth:`QueuedJob.set_progress` sends a running job's progress, by job id: set by
+#: the worker (or the process executor's child) while it runs the job.
+progress_sinks: dict[str, Callable[[float, str | None], None]] = {}
 
 
 def _now() -> datetime:
@@ -129,6 +143,15 @@ class ErrorT(TypedDict):
     """The attempt number of the job when the error occurred."""
     traceback: str
     """The error message, typically the traceback of an exception."""
+
+
+class ProgressT(TypedDict):
+    """What a running job last reported with :meth:`QueuedJob.set_progress`."""
+
+    fraction: float
+    """How far the job is, from 0.0 to 1.0."""
+    message: str | None
+    """What it is doing, or ``None``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +383,39 @@ class QueuedJob(Job):
     """The current state of this job."""
     errors: list[ErrorT] = field(default_factory=list)
     """One entry per failed attempt."""
+    result: Any = None
+    """What the job's function returned (as JSON), once it succeeded; ``None`` until
+    then, when it returned ``None``, or when the result could not be stored (see
+    :attr:`result_error`)."""
+    result_error: str | None = None
+    """Why a successful job's result was not stored (not JSON-serializable, larger than
+    the worker's ``max_result_bytes``, or not sent back by its process); ``None`` if it
+    was."""
+    progress: ProgressT | None = None
+    """The progress the job last reported (:meth:`set_progress`), ``None`` if none."""
+
+    def set_progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far this job is, from inside it (``job_context.set_progress(0.5,
+        "half way")``): ``fraction`` from 0.0 to 1.0 and an optional message.
+
+        Never blocks: the worker writes the latest value to the job's ``progress`` every
+        ``progress_interval`` seconds at most, and the last one with the job's outcome.
+        Works in every executor; outside a worker (a plain call of the function) it does
+        nothing. Raises :class:`ValueError` for a fraction outside 0..1 or a message
+        that is not a string."""
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0.0 <= fraction <= 1.0
+        ):
+            raise ValueError(
+                f"progress fraction must be a number from 0.0 to 1.0, not {fraction!r}"
+            )
+        if message is not None and not isinstance(message, str):
+            raise ValueError(f"progress message must be a string or None, not {message!r}")
+        sink = progress_sinks.get(self.id)
+        if sink is not None:
+            sink(float(fraction), message)
 
     @classmethod
     def from_trusted(cls, **fields: Any) -> Self:
@@ -382,6 +438,9 @@ class QueuedJob(Job):
             "attempts": self.attempts,
             "state": self.state.value,
             "errors": list(self.errors),
+            "result": self.result,
+            "result_error": self.result_error,
+            "progress": None if self.progress is None else dict(self.progress),
         }
 
 

@@ -10,14 +10,17 @@ doubled (``'{{}}'`` is the JSON object ``'{}'``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cache
-from typing import LiteralString
+from typing import Any, LiteralString
 
 from psycopg import sql
 
-from chancy_core.errors import ConfigurationError
+from chancy_core.errors import ConfigurationError, InvalidJobError
+from chancy_core.job import FUNC_NAME, Limit, QueuedJob
+from chancy_core.queue import Queue
 
-__all__ = ["Schema"]
+__all__ = ["Schema", "job_from_row", "queue_from_row"]
 
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z_][a-z0-9_]*)\}(?!\})")
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,29}\Z")  # \Z: $ would allow a trailing newline
@@ -61,6 +64,70 @@ JOB_COLUMNS: LiteralString = (
     "id, queue, func, kwargs, meta, priority, max_attempts, attempts, state, scheduled_at,"
     " started_at, completed_at, limits, unique_key, errors"
 )
+# The position of each of JOB_COLUMNS in a row: rows stay tuples (fast), read by these names.
+(
+    J_ID,
+    J_QUEUE,
+    J_FUNC,
+    J_KWARGS,
+    J_META,
+    J_PRIORITY,
+    J_MAX_ATTEMPTS,
+    J_ATTEMPTS,
+    J_STATE,
+    J_SCHEDULED_AT,
+    J_STARTED_AT,
+    J_COMPLETED_AT,
+    J_LIMITS,
+    J_UNIQUE_KEY,
+    J_ERRORS,
+) = range(15)
+# What reading a job adds to JOB_COLUMNS (the claim does not need them: the worker starts a
+# job without its last result or progress).
+JOB_READ_COLUMNS: LiteralString = JOB_COLUMNS + ", result, result_error, progress"
+J_RESULT, J_RESULT_ERROR, J_PROGRESS = range(15, 18)
+
+_STATES = {state.value: state for state in QueuedJob.State}
+
+
+def job_from_row(row: Sequence[Any]) -> QueuedJob:
+    """Build a :class:`QueuedJob` from a row of ``JOB_COLUMNS`` or ``JOB_READ_COLUMNS``
+    (the result and progress are ``None`` without them).
+
+    Only the few checks a row written by hand can fail are made; the schema constrains
+    the rest (a claimed job is not validated again)."""
+    func = row[J_FUNC]
+    meta = row[J_META]
+    kwargs = row[J_KWARGS]
+    if not isinstance(func, str) or not FUNC_NAME.match(func):
+        raise InvalidJobError(f"invalid func {func!r}: not an importable name")
+    if not isinstance(meta, dict):
+        raise InvalidJobError(f"meta must be a dict, not {type(meta).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise InvalidJobError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+    limits = row[J_LIMITS]
+    full = len(row) > J_PROGRESS
+    return QueuedJob.from_trusted(
+        id=str(row[J_ID]),
+        queue=row[J_QUEUE],
+        func=func,
+        kwargs=kwargs,
+        meta=meta,
+        priority=row[J_PRIORITY],
+        max_attempts=row[J_MAX_ATTEMPTS],
+        attempts=row[J_ATTEMPTS],
+        state=_STATES[row[J_STATE]],
+        scheduled_at=row[J_SCHEDULED_AT],
+        started_at=row[J_STARTED_AT],
+        completed_at=row[J_COMPLETED_AT],
+        limits=[Limit.deserialize(limit) for limit in limits] if limits else [],
+        unique_key=row[J_UNIQUE_KEY],
+        errors=row[J_ERRORS],
+        result=row[J_RESULT] if full else None,
+        result_error=row[J_RESULT_ERROR] if full else None,
+        progress=row[J_PROGRESS] if full else None,
+    )
+
 
 # --- pushing -------------------------------------------------------------------------------
 
@@ -116,7 +183,7 @@ GROUP BY queue, state ORDER BY queue, state
 """
 
 SELECT_JOBS: LiteralString = (
-    "SELECT " + JOB_COLUMNS + " FROM {jobs} WHERE id = ANY(%(ids)s::uuid[])"
+    "SELECT " + JOB_READ_COLUMNS + " FROM {jobs} WHERE id = ANY(%(ids)s::uuid[])"
 )
 
 CANCEL_JOBS: LiteralString = """
@@ -167,6 +234,26 @@ WITH upserted AS (
 SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM upserted
 """
 
+(Q_NAME, Q_CONCURRENCY, Q_EXECUTOR, Q_OPTIONS, Q_INTERVAL, Q_RATE, Q_WINDOW, Q_TAGS, Q_STATE) = (
+    range(9)
+)
+
+
+def queue_from_row(row: Sequence[Any]) -> Queue:
+    """Build a :class:`Queue` from a row of ``QUEUE_COLUMNS``."""
+    return Queue(
+        row[Q_NAME],
+        concurrency=row[Q_CONCURRENCY],
+        executor=row[Q_EXECUTOR],
+        executor_options=row[Q_OPTIONS],
+        polling_interval=row[Q_INTERVAL],
+        rate_limit=row[Q_RATE],
+        rate_limit_window=row[Q_WINDOW],
+        tags=frozenset(row[Q_TAGS]),
+        state=Queue.State(row[Q_STATE]),
+    )
+
+
 SELECT_QUEUES: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} ORDER BY name"
 
 SELECT_QUEUE: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} WHERE name = %(name)s"
@@ -194,19 +281,36 @@ ON CONFLICT (worker_id) DO UPDATE SET
     queues = EXCLUDED.queues, last_seen = now()
 """
 
-DELETE_WORKER: LiteralString = "DELETE FROM {workers} WHERE worker_id = %(worker_id)s"
-
-# The ids of this worker's running jobs that someone asked to cancel.
-SELECT_CANCELLED: LiteralString = """
-SELECT id FROM {jobs}
-WHERE state = 'running' AND taken_by = %(worker_id)s AND cancelled_at IS NOT NULL
+# Taking a worker id at start: insert the row if the id is free; otherwise read who holds it
+# and, if that worker is dead, take the row over only if it did not change meanwhile.
+INSERT_NEW_WORKER: LiteralString = """
+INSERT INTO {workers} (worker_id, hostname, pid, tags, queues, last_seen)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(tags)s, %(queues)s, now())
+ON CONFLICT (worker_id) DO NOTHING
+RETURNING worker_id
 """
+
+SELECT_WORKER: LiteralString = """
+SELECT hostname, pid, last_seen, extract(epoch FROM now() - last_seen)::float8
+FROM {workers} WHERE worker_id = %(worker_id)s
+"""
+
+REPLACE_WORKER: LiteralString = """
+UPDATE {workers}
+SET hostname = %(hostname)s, pid = %(pid)s, tags = %(tags)s, queues = %(queues)s,
+    started_at = now(), last_seen = now()
+WHERE worker_id = %(worker_id)s AND last_seen = %(last_seen)s
+RETURNING worker_id
+"""
+
+DELETE_WORKER: LiteralString = "DELETE FROM {workers} WHERE worker_id = %(worker_id)s"
 
 # Every job the database says this worker runs (the heartbeat's check): whether someone
 # asked to cancel it, and whether it was claimed more than %(age)s seconds ago (a job the
 # worker does not know of after that is an orphan of a claim whose answer was lost).
 SELECT_OWN_RUNNING: LiteralString = """
-SELECT id, cancelled_at IS NOT NULL, started_at < now() - make_interval(secs => %(age)s)
+SELECT id, cancelled_at IS NOT NULL, started_at < now() - make_interval(secs => %(age)s),
+       claim_token
 FROM {jobs}
 WHERE state = 'running' AND taken_by = %(worker_id)s
 """
@@ -224,10 +328,12 @@ WITH claimed AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {jobs} AS j
-SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s
+SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s,
+    claim_token = %(token)s, progress = NULL
 FROM claimed
 WHERE j.id = claimed.id
 RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+# A claimed row is JOB_COLUMNS; the claim's token is not part of the job, the worker keeps it.
 
 # Take up to %(wanted)s tokens of a queue's rate limit for the current fixed window, on the
 # database's clock; returns how many were granted. Run in the claim's transaction: the row
@@ -262,13 +368,15 @@ RETURN_RATE_TOKENS: LiteralString = """
 UPDATE {queue_rates} SET used = greatest(used - %(unused)s, 0) WHERE queue = %(queue)s
 """
 
-# Write many outcomes at once. Fenced: only a job this worker still owns in
-# state 'running', at the attempt it ran, is changed.
+# Write many outcomes at once. Fenced: only a job this worker still holds in state
+# 'running', under the claim (its token) that ran it, is changed. Returns the ids written:
+# only those outcomes are reported to plugins.
 COMPLETE_JOBS: LiteralString = """
 WITH outcome AS (
     -- One JSON array of outcomes: encoding it is far cheaper than six parameter arrays.
     SELECT * FROM json_to_recordset(%(outcomes)s::json)
-        AS o(id uuid, attempt int, state text, error text, scheduled_at timestamptz, meta text)
+        AS o(id uuid, token uuid, state text, error text, scheduled_at timestamptz, meta text,
+             result text, result_error text, progress text)
 ), done AS (
     UPDATE {jobs} AS j
     SET state = o.state,
@@ -278,13 +386,17 @@ WITH outcome AS (
                           'attempt', j.attempts, 'traceback', o.error)) END,
         scheduled_at = coalesce(o.scheduled_at, j.scheduled_at),
         meta = coalesce(o.meta::jsonb, j.meta),
+        result = o.result::jsonb,
+        result_error = o.result_error,
+        progress = coalesce(o.progress::jsonb, j.progress),
         taken_by = NULL,
-        cancelled_at = NULL
+        cancelled_at = NULL,
+        claim_token = NULL
     FROM outcome AS o
     -- IS NOT DISTINCT FROM: a filter, not an index condition, so the plan looks each job
     -- up by primary key instead of scanning all of this worker's running rows.
     WHERE j.id = o.id AND j.state = 'running' AND j.taken_by IS NOT DISTINCT FROM %(worker_id)s
-      AND j.attempts = o.attempt
+      AND j.claim_token IS NOT DISTINCT FROM o.token
     RETURNING j.id, j.state
 ), notified AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
@@ -293,15 +405,166 @@ WITH outcome AS (
         HAVING count(*) > 0
     ) AS finished
 )
-SELECT count(*) FROM done, notified
+SELECT done.id FROM done, notified
 """
 
-# Put a worker's running jobs back to run again (graceful shutdown, lost jobs).
+# The latest progress of running jobs, fenced like an outcome (a late write after the
+# outcome, or after the job was put back or rescued, changes nothing).
+SET_PROGRESS: LiteralString = """
+UPDATE {jobs} AS j SET progress = p.progress::jsonb
+FROM json_to_recordset(%(progress)s::json) AS p(id uuid, token uuid, progress text)
+WHERE j.id = p.id AND j.state = 'running' AND j.taken_by = %(worker_id)s
+  AND j.claim_token = p.token
+"""
+
+# Put a worker's running jobs back to run again (graceful shutdown, lost jobs), each fenced
+# on the claim that took it (the heartbeat reads the token of an orphan with its id).
 RELEASE_JOBS: LiteralString = """
-UPDATE {jobs}
-SET state = 'pending', attempts = greatest(attempts - 1, 0), taken_by = NULL, started_at = NULL
-WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND taken_by = %(worker_id)s
-RETURNING id
+UPDATE {jobs} AS j
+SET state = 'pending', attempts = greatest(j.attempts - 1, 0), taken_by = NULL,
+    started_at = NULL, claim_token = NULL
+FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS r(id, token)
+WHERE j.id = r.id AND j.state = 'running' AND j.taken_by = %(worker_id)s
+  AND j.claim_token IS NOT DISTINCT FROM r.token
+RETURNING j.id
 """
 
 NOTIFY: LiteralString = "SELECT pg_notify(%(channel)s, %(payload)s)"
+
+# --- concurrency keys (chancy_core.concurrency) ----------------------------------------------
+
+# Keyed claims of one queue take turns: each takes this transaction-scoped lock first (its
+# own statement, so the claim's snapshot, taken after it, sees every earlier keyed claim
+# committed). Without it two workers could each see a key's free slot and both take it.
+# JIT off for the transaction: the keyed claim's estimated cost passes jit_above_cost on a
+# few thousand jobs, and compiling it costs ~20 times its run (hundreds of ms per claim).
+LOCK_KEYED_CLAIMS: LiteralString = (
+    "SELECT pg_advisory_xact_lock(%(lock)s), set_config('jit', 'off', true)"
+)
+
+# The claim of a queue with key rules (see the migration 0005): CLAIM_JOBS, with only the
+# jobs their rules allow now. A key's running jobs count against its limit; an ordered key
+# starts only its first unfinished job (in id order) and only when none of it runs, so a
+# retrying or not-yet-due first job keeps the key blocked. Each job of a key is ranked
+# among the runnable jobs of that key in claim order, and at most the key's free slots of
+# them are taken. Jobs with no matching rule are claimed as by CLAIM_JOBS.
+CLAIM_KEYED_JOBS: LiteralString = """
+WITH rules AS MATERIALIZED (
+    SELECT kind, pattern, like_pattern, max_running, ordered
+    FROM {concurrency_rules} WHERE queue = %(queue)s
+), runnable AS MATERIALIZED (
+    SELECT j.id, j.priority, j.meta ->> 'concurrency_key' AS k, j.func AS f,
+           kr.max_running AS k_max, kr.ordered AS k_ordered,
+           fr.max_running AS f_max, fr.ordered AS f_ordered
+    FROM {jobs} AS j
+    LEFT JOIN LATERAL (
+        SELECT max_running, ordered FROM rules
+        WHERE kind = 'key' AND j.meta ->> 'concurrency_key' LIKE like_pattern
+        ORDER BY length(pattern) DESC, pattern LIMIT 1
+    ) AS kr ON true
+    LEFT JOIN LATERAL (
+        SELECT max_running, ordered FROM rules
+        WHERE kind = 'func' AND j.func LIKE like_pattern
+        ORDER BY length(pattern) DESC, pattern LIMIT 1
+    ) AS fr ON true
+    WHERE j.queue = %(queue)s AND j.state IN ('pending', 'retrying') AND j.scheduled_at <= now()
+), key_state AS MATERIALIZED (
+    SELECT s.k, s.k_max - (
+               SELECT count(*) FROM {jobs} AS r
+               WHERE r.queue = %(queue)s AND r.meta ? 'concurrency_key'
+                 AND r.meta ->> 'concurrency_key' = s.k
+                 AND r.state IN ('pending', 'running', 'retrying') AND r.state = 'running'
+           ) AS free,
+           s.k_ordered AS ordered,
+           CASE WHEN s.k_ordered THEN (
+               SELECT r.id FROM {jobs} AS r
+               WHERE r.queue = %(queue)s AND r.meta ? 'concurrency_key'
+                 AND r.meta ->> 'concurrency_key' = s.k
+                 AND r.state IN ('pending', 'running', 'retrying')
+               ORDER BY r.id LIMIT 1
+           ) END AS first
+    FROM (SELECT DISTINCT k, k_max, k_ordered FROM runnable WHERE k_max IS NOT NULL) AS s
+), func_state AS MATERIALIZED (
+    SELECT s.f, s.f_max - (
+               SELECT count(*) FROM {jobs} AS r
+               WHERE r.queue = %(queue)s AND r.func = s.f AND r.state = 'running'
+           ) AS free,
+           s.f_ordered AS ordered,
+           CASE WHEN s.f_ordered THEN (
+               SELECT r.id FROM {jobs} AS r
+               WHERE r.queue = %(queue)s AND r.func = s.f
+                 AND r.state IN ('pending', 'running', 'retrying')
+               ORDER BY r.id LIMIT 1
+           ) END AS first
+    FROM (SELECT DISTINCT f, f_max, f_ordered FROM runnable WHERE f_max IS NOT NULL) AS s
+), ranked AS (
+    SELECT r.id, r.priority,
+           row_number() OVER (PARTITION BY r.k ORDER BY r.priority DESC, r.id) AS k_rank,
+           row_number() OVER (PARTITION BY r.f ORDER BY r.priority DESC, r.id) AS f_rank,
+           ks.free AS k_free, ks.ordered AS k_ordered, ks.first AS k_first,
+           fs.free AS f_free, fs.ordered AS f_ordered, fs.first AS f_first
+    FROM runnable AS r
+    LEFT JOIN key_state AS ks ON ks.k = r.k AND r.k_max IS NOT NULL
+    LEFT JOIN func_state AS fs ON fs.f = r.f AND r.f_max IS NOT NULL
+    -- Only jobs a rule limits are ranked (all jobs of one key, or of one function, match
+    -- the same rule, so their ranks are unchanged); the others need no sort of their own.
+    WHERE r.k_max IS NOT NULL OR r.f_max IS NOT NULL
+), allowed AS MATERIALIZED (
+    (SELECT id, priority FROM runnable WHERE k_max IS NULL AND f_max IS NULL
+     ORDER BY priority DESC, id LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id, priority FROM ranked
+     WHERE (k_free IS NULL
+            OR (k_ordered AND id = k_first AND k_free >= 1)
+            OR (NOT k_ordered AND k_rank <= k_free))
+       AND (f_free IS NULL
+            OR (f_ordered AND id = f_first AND f_free >= 1)
+            OR (NOT f_ordered AND f_rank <= f_free)))
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+), claimed AS MATERIALIZED (
+    -- Locked by primary key. Keyed claims take turns, so only another kind of writer (a
+    -- cancellation) can hold one of these rows: skipped, the claim takes fewer this time.
+    SELECT j.id FROM {jobs} AS j
+    WHERE j.id IN (SELECT id FROM allowed) AND j.state IN ('pending', 'retrying')
+    FOR UPDATE OF j SKIP LOCKED
+)
+-- clock_timestamp(): the transaction began before the lock was granted; the job starts now.
+UPDATE {jobs} AS j
+SET state = 'running', attempts = j.attempts + 1, started_at = clock_timestamp(),
+    taken_by = %(worker_id)s, claim_token = %(token)s, progress = NULL
+FROM claimed
+WHERE j.id = claimed.id
+RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+
+# The queues that have key rules: their claims take CLAIM_KEYED_JOBS, the others the plain
+# CLAIM_JOBS (so queues without keys pay nothing for them).
+SELECT_KEYED_QUEUES: LiteralString = "SELECT DISTINCT queue FROM {concurrency_rules}"
+
+CONCURRENCY_RULE_COLUMNS: LiteralString = "queue, kind, pattern, max_running, ordered"
+
+UPSERT_CONCURRENCY_RULE: LiteralString = """
+WITH upserted AS (
+    INSERT INTO {concurrency_rules} (queue, kind, pattern, like_pattern, max_running, ordered)
+    VALUES (%(queue)s, %(kind)s, %(pattern)s, %(like_pattern)s, %(max_running)s, %(ordered)s)
+    ON CONFLICT (queue, kind, pattern) DO UPDATE SET
+        like_pattern = EXCLUDED.like_pattern, max_running = EXCLUDED.max_running,
+        ordered = EXCLUDED.ordered
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', queue)::text) FROM upserted
+"""
+
+DELETE_CONCURRENCY_RULE: LiteralString = """
+WITH deleted AS (
+    DELETE FROM {concurrency_rules}
+    WHERE queue = %(queue)s AND kind = %(kind)s AND pattern = %(pattern)s
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', queue)::text) FROM deleted
+"""
+
+SELECT_CONCURRENCY_RULES: LiteralString = (
+    "SELECT " + CONCURRENCY_RULE_COLUMNS + " FROM {concurrency_rules}"
+    " WHERE %(queue)s::text IS NULL OR queue = %(queue)s ORDER BY queue, kind, pattern"
+)

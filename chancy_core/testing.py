@@ -18,6 +18,9 @@ Fixtures:
 * ``chancy``: an open :class:`~chancy_core.app.Chancy` on that database.
 * ``run_worker``: ``async with run_worker(chancy, **options) as worker:`` runs a
   worker for the duration of the block (stopped on exit, with a deadline).
+* ``inline_chancy``: an open :class:`~chancy_core.inline.InlineChancy` on that
+  database: pushed jobs run at once in the test's process (``run_on_push=False``
+  and ``drain()`` to choose when). See ``docs/testing.md``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chancy_core.app import Chancy
+from chancy_core.inline import InlineChancy
 
-__all__ = ["TEST_ADMIN_DSN_ENV", "TEST_DSN_ENV", "dsn_for_database"]
+__all__ = ["TEST_ADMIN_DSN_ENV", "TEST_DSN_ENV", "InlineChancy", "dsn_for_database"]
 
 TEST_DSN_ENV = "CHANCY_TEST_DSN"
 TEST_ADMIN_DSN_ENV = "CHANCY_TEST_ADMIN_DSN"
@@ -142,6 +146,13 @@ async def chancy(database: str) -> AsyncIterator[Chancy]:
     goes through a pooler: ``$CHANCY_TEST_ADMIN_DSN``)."""
     listen_dsn = _direct(database) if os.environ.get(TEST_ADMIN_DSN_ENV) else None
     async with Chancy(database, listen_dsn=listen_dsn) as app:
+        yield app
+
+
+@pytest.fixture
+async def inline_chancy(database: str) -> AsyncIterator[InlineChancy]:
+    """An open :class:`~chancy_core.inline.InlineChancy` on a fresh database."""
+    async with InlineChancy(database) as app:
         yield app
 
 

@@ -15,9 +15,18 @@ module (as ``__mp_main__``), as :mod:`multiprocessing` always does: a script
 that starts a worker must do so under ``if __name__ == "__main__":``, or each
 child starts another worker.
 
+``CHANCY_PROCESS_INITIALIZER``: when this environment variable names an
+importable no-argument callable (``module.name``), each child calls it once,
+before its first job; a framework sets itself up there (``django.setup``, which
+``manage.py chancy_worker`` sets for you). Children inherit the worker's
+environment, so set it in the worker before it starts. If the initializer
+raises, every job that child is given fails with its traceback.
+
 A child that dies (``os._exit``, a signal, the kernel's out-of-memory killer)
-fails its job with :class:`~chancy_core.executors.JobCrashed` saying how it
-ended. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
+fails its job with :class:`~chancy_core.errors.JobCrashed` saying how it
+ended. A job's changes to ``job_context.meta`` in the child are sent back with its
+outcome and applied to the worker's job, so they are saved as with the other
+executors. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
 reaping a child never blocks the event loop.
 """
 
@@ -29,6 +38,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -36,23 +47,22 @@ from typing import Any
 
 import anyio
 
+from chancy_core.errors import JobCrashed, MemoryLimitExceeded, RemoteError
 from chancy_core.executors import (
-    JobCrashed,
-    MemoryLimitExceeded,
+    UnsentResult,
     _await,
     call_function,
     is_async,
     resolve_function,
 )
-from chancy_core.job import Limit, QueuedJob
+from chancy_core.job import Limit, QueuedJob, progress_sinks
 
-__all__ = ["ProcessExecutor", "RemoteError"]
+__all__ = ["INITIALIZER_ENV", "ProcessExecutor", "RemoteError"]
+
+INITIALIZER_ENV = "CHANCY_PROCESS_INITIALIZER"
+"""Environment variable naming a callable each child runs once before its first job."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-class RemoteError(Exception):
-    """An exception raised in a child that could not be sent back as itself."""
 
 
 def _dumps(value: Any) -> bytes | None:
@@ -60,6 +70,62 @@ def _dumps(value: Any) -> bytes | None:
         return pickle.dumps(value)
     except Exception:
         return None
+
+
+#: Seconds between progress messages a child sends (the latest one is always sent before the
+#: outcome); the worker coalesces its database writes on its own.
+_PROGRESS_EVERY = 0.05
+
+
+class _ProgressPipe:
+    """The child's progress sink for one job: sends the latest value over the pipe, at most
+    every ``_PROGRESS_EVERY`` seconds (a timer sends one held back); :meth:`flush` sends
+    one still held back before the outcome."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()  # the job's thread and the timer both send
+        self.sent_at = 0.0
+        self.held: tuple[float, str | None] | None = None
+        self.timer: threading.Timer | None = None
+
+    def __call__(self, fraction: float, message: str | None) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.sent_at >= _PROGRESS_EVERY:
+                self.sent_at = now
+                self.held = None
+                self.conn.send(("progress", fraction, message))
+                return
+            self.held = (fraction, message)
+            if self.timer is None:
+                self.timer = threading.Timer(_PROGRESS_EVERY, self.flush)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def flush(self) -> None:
+        """Send the value held back, if any."""
+        with self.lock:
+            self.timer = None
+            if self.held is not None:
+                self.sent_at = time.monotonic()
+                self.conn.send(("progress", *self.held))
+                self.held = None
+
+    def close(self) -> None:
+        """Send the value held back and stop the timer (before the outcome is sent)."""
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+        self.flush()
+
+
+def _send_result(result: Any) -> tuple[Any, ...]:
+    """The ``ok`` message: the result pickled, or why it cannot be."""
+    try:
+        return ("ok", pickle.dumps(result), None)
+    except Exception as exc:
+        return ("ok", None, f"{type(exc).__name__}: {exc}")
 
 
 def _loads(data: bytes | None) -> Any:
@@ -83,6 +149,15 @@ def _child_main(conn: Connection) -> None:
     reaches the worker too, which decides (drains, then kills what is left)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    failed_setup: tuple[Any, ...] | None = None
+    initializer = os.environ.get(INITIALIZER_ENV)
+    if initializer:
+        try:
+            resolve_function(initializer)()
+        except BaseException as exc:
+            text = "".join(traceback.format_exception(exc))
+            summary = f"{INITIALIZER_ENV}={initializer} failed: {type(exc).__qualname__}: {exc}"
+            failed_setup = ("error", _dumps(RemoteError(summary)), text, summary)
     while True:
         try:
             message = conn.recv()
@@ -91,18 +166,30 @@ def _child_main(conn: Connection) -> None:
         if message is None:
             return
         func_name, kwargs, job = message
+        if failed_setup is not None:
+            conn.send(failed_setup)
+            continue
         outcome: tuple[Any, ...]
+        pipe = _ProgressPipe(conn)
+        if job is not None:
+            progress_sinks[job.id] = pipe
         try:
             func = resolve_function(func_name)
             call = call_function(func, kwargs, job)
             result = asyncio.run(call()) if is_async(func) else call()
             if inspect.isawaitable(result):  # a plain function that returned a coroutine
                 result = asyncio.run(_await(result))
-            outcome = ("ok", _dumps(result))
+            outcome = _send_result(result)
         except BaseException as exc:
             text = "".join(traceback.format_exception(exc))
             outcome = ("error", _dumps(exc), text, f"{type(exc).__qualname__}: {exc}")
-        conn.send(outcome)
+        finally:
+            if job is not None:
+                progress_sinks.pop(job.id, None)
+        pipe.close()
+        # The job's meta as the function left it (it edits job_context.meta in place): the
+        # worker saves it, as it does for the other executors.
+        conn.send((*outcome, _dumps(job.meta) if job is not None else None))
 
 
 def _rss(pid: int) -> int:
@@ -178,24 +265,28 @@ class ProcessExecutor:
             healthy = False
             try:
                 child.conn.send((job.func, kwargs, job))
-                while True:
-                    with anyio.move_on_after(self.check_interval if memory else None):
-                        await anyio.wait_readable(child.conn.fileno())
+                while True:  # progress messages, then the outcome
+                    while True:
+                        with anyio.move_on_after(self.check_interval if memory else None):
+                            await anyio.wait_readable(child.conn.fileno())
+                            break
+                        if memory and _rss(child.process.pid) > memory:
+                            raise MemoryLimitExceeded(
+                                f"job {job.id} used more than its memory limit of {memory}"
+                                f" bytes ({memory / 2**20:.0f} MiB); its process was killed"
+                            )
+                    try:
+                        outcome = child.conn.recv()
+                    except (EOFError, OSError):
+                        await child.discard()
+                        raise JobCrashed(
+                            f"the process running job {job.id} exited unexpectedly"
+                            f" ({_describe_exit(child.exitcode)}) without reporting an outcome;"
+                            " a new process replaces it"
+                        ) from None
+                    if outcome[0] != "progress":
                         break
-                    if memory and _rss(child.process.pid) > memory:
-                        raise MemoryLimitExceeded(
-                            f"job {job.id} used more than its memory limit of {memory} bytes"
-                            f" ({memory / 2**20:.0f} MiB); its process was killed"
-                        )
-                try:
-                    outcome = child.conn.recv()
-                except (EOFError, OSError):
-                    await child.discard()
-                    raise JobCrashed(
-                        f"the process running job {job.id} exited unexpectedly"
-                        f" ({_describe_exit(child.exitcode)}) without reporting an outcome;"
-                        " a new process replaces it"
-                    ) from None
+                    job.set_progress(outcome[1], outcome[2])
                 healthy = True
             finally:
                 self.busy.discard(child)
@@ -204,13 +295,31 @@ class ProcessExecutor:
                     self.idle.append(child)
                 else:
                     await child.discard()
+        meta = _loads(outcome[-1])
+        if isinstance(meta, dict) and meta != job.meta:
+            job.meta.clear()  # the worker's copy of the job follows the child's
+            job.meta.update(meta)
         if outcome[0] == "ok":
-            return _loads(outcome[1])
+            if outcome[2] is not None:
+                return UnsentResult(
+                    f"the result could not be sent back from the job's process ({outcome[2]}):"
+                    " return JSON-serializable data"
+                )
+            try:
+                return pickle.loads(outcome[1])
+            except Exception as exc:
+                return UnsentResult(
+                    f"the result could not be read back from the job's process"
+                    f" ({type(exc).__name__}: {exc}): return JSON-serializable data"
+                )
         error = _loads(outcome[1])
         if not isinstance(error, BaseException):
             error = RemoteError(outcome[3])
         error.add_note(f"in the job's process:\n{outcome[2].rstrip()}")
         raise error
+
+    def resize(self, concurrency: int) -> None:
+        self.limiter.total_tokens = concurrency
 
     async def aclose(self) -> None:
         children = [*self.idle, *self.busy]

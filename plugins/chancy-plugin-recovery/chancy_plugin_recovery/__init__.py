@@ -19,11 +19,12 @@ selects the stale rows ``FOR UPDATE SKIP LOCKED`` and updates only those still
 ``running`` under the same ``taken_by`` and attempt number. A worker that is
 writing the job's outcome at that moment holds the row lock, so the row is
 skipped (and finishes normally); a worker that writes later is fenced out by
-the core's completion, which requires ``taken_by`` to still be that worker.
-The attempt counter is *not* decremented (unlike a graceful shutdown's
-release): attempt numbers only grow, so even a worker that was wrongly
-declared dead and re-claims the same job cannot write an outcome for the
-attempt it lost. A rescued attempt therefore counts towards ``max_attempts``.
+the core's completion, which requires the row to still be ``running`` under
+that worker and the claim token of the claim that ran it (every claim sets a
+fresh one), so even a worker that was wrongly declared dead and re-claims the
+same job cannot write an outcome for the attempt it lost. The attempt counter
+is *not* decremented (unlike a graceful shutdown's release): a rescued attempt
+counts towards ``max_attempts``.
 
 A job running in a ``process`` queue's child keeps running if only its worker
 was killed and the child survived; give such jobs a time limit.
@@ -46,7 +47,8 @@ from chancy_core.errors import (
 from chancy_core.hookspecs import RegisterTask
 
 if TYPE_CHECKING:
-    from chancy_core import Chancy, Worker
+    from chancy_core import Chancy
+    from chancy_core import WorkerHandle as Worker
 
 __all__ = ["KEY", "Recovery", "Rescue"]
 
@@ -123,7 +125,7 @@ WITH candidates AS MATERIALIZED (  -- run once: its LIMIT bounds the batch
     FROM candidates AS c
     WHERE j.id = c.id AND j.state = 'running' AND j.taken_by IS NOT DISTINCT FROM c.taken_by
       AND j.attempts = c.attempts
-    RETURNING j.id, j.queue, j.state, c.reason, c.taken_by, c.rescues
+    RETURNING j.id, j.queue, j.state, c.reason, c.taken_by, c.rescues, j.func, j.attempts
 ), pushed AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'pushed', 'q', queue)::text))
     FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') AS queues
@@ -132,9 +134,9 @@ WITH candidates AS MATERIALIZED (  -- run once: its LIMIT bounds the batch
     FROM (SELECT array_agg(id) AS ids FROM rescued WHERE state = 'failed'
           HAVING count(*) > 0) AS failed
 )
-SELECT id, state, reason, taken_by, rescues FROM rescued
+SELECT id, state, reason, taken_by, rescues, func, attempts FROM rescued
 UNION ALL  -- read the notifications even when nothing was rescued, so that they run
-SELECT NULL, NULL, NULL, NULL, NULL FROM pushed, finished
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM pushed, finished
 WHERE pushed.count + finished.count < 0
 """
 
@@ -160,6 +162,10 @@ class Rescue:
     time limit plus grace)."""
     worker_id: str | None
     rescues: int
+    func: str = ""
+    """The job's function."""
+    attempt: int = 0
+    """The attempt that was rescued."""
 
 
 def _positive(value: object, what: str, *, allow_zero: bool = False) -> float:
@@ -195,6 +201,8 @@ class Recovery:
     """
 
     name = KEY
+    recovers_dead_workers = True
+    """Tells the worker this plugin puts back dead workers' jobs (no start-up warning)."""
 
     def __init__(
         self,
@@ -245,11 +253,17 @@ class Recovery:
             async with app.pool.connection() as conn:
                 cur = await conn.execute(statement, params)
                 rows = await cur.fetchall()
-            batch = [Rescue(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows if r[0] is not None]
+            batch = [
+                Rescue(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6])
+                for r in rows
+                if r[0] is not None
+            ]
             for rescue in batch:
                 log.warning(
-                    "job %s was rescued from worker %s (%s): %s",
+                    "job %s (%s) attempt %d was rescued from worker %s (%s): %s",
                     rescue.job_id,
+                    rescue.func,
+                    rescue.attempt,
                     rescue.worker_id,
                     rescue.reason,
                     "it failed, rescued more than max_rescues times"
@@ -260,6 +274,8 @@ class Recovery:
                         "worker_id": rescue.worker_id,
                         "reason": rescue.reason,
                         "rescues": rescue.rescues,
+                        "func": rescue.func,
+                        "attempt": rescue.attempt,
                     },
                 )
             done += batch

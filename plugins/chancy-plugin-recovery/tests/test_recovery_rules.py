@@ -262,3 +262,25 @@ def test_invalid_options_are_refused(options: dict[str, Any]) -> None:
 def test_limit_refuses_a_job_already_rescued() -> None:
     with pytest.raises(InvalidJobError):
         Recovery.limit(Job(func="a.b", meta={KEY: {"rescues": 1}}), max_rescues=3)
+
+
+@pytest.mark.anyio
+@pytest.mark.db
+async def test_each_rescue_is_logged_once_with_its_function_and_attempt(
+    app: Chancy, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="chancy_plugin_recovery")
+    job_id = await job_in(app, "running", "dead", job=Job(func="billing.charge", max_attempts=3))
+    [rescue] = await Recovery().rescue(app)
+    assert (rescue.func, rescue.attempt) == ("billing.charge", 1)
+    lines = [r.getMessage() for r in caplog.records if job_id in r.getMessage()]
+    assert lines == [
+        f"job {job_id} (billing.charge) attempt 1 was rescued from worker dead (silent):"
+        " it runs again (rescue 1)"
+    ]
+
+
+def test_the_plugin_tells_the_worker_it_recovers_dead_workers() -> None:
+    assert Recovery().recovers_dead_workers is True  # see docs/hooks.md

@@ -1,0 +1,114 @@
+"""The claim's cost with and without concurrency keys.
+
+    python benchmarks/claim_keys.py [--dsn URL] [--jobs 10000] [--keys 100] [--claims 200]
+                                    [--limit 10]
+
+Creates a throw-away database on the server of ``--dsn`` (default ``$CHANCY_TEST_DSN``),
+fills four queues with ``--jobs`` pending jobs each, and times ``--claims`` claims of
+``--limit`` jobs from each, every claim in a transaction that is rolled back (so each one
+sees the same pending jobs):
+
+* ``plain``: no rules: the plain claim (every queue without rules takes it);
+* ``keyed, no key``: a queue with a rule whose jobs have no key (the keyed statement's
+  floor);
+* ``keyed``: jobs spread over ``--keys`` keys, ``max_running=2`` per key;
+* ``ordered``: the same keys, one at a time in push order.
+
+Prints the median and the ratio to ``plain``. The machine is shared: read ratios only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import uuid
+
+import anyio
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from chancy_core import Chancy, Job, Queue, concurrency, ops
+from chancy_core.concurrency import KeyRule, with_key
+
+
+async def fill(app: Chancy, jobs: int, keys: int) -> None:
+    """Declare the queues and rules, push the jobs."""
+    base = Job(func="bench.noop")
+    for name in ("plain", "nokey", "keyed", "ordered"):
+        await app.declare(Queue(name, concurrency=100))
+    await concurrency.set_rule(app, KeyRule("nokey", "k:*", max_running=2))
+    await concurrency.set_rule(app, KeyRule("keyed", "k:*", max_running=2))
+    await concurrency.set_rule(app, KeyRule("ordered", "k:*", ordered=True))
+    for name in ("plain", "nokey", "keyed", "ordered"):
+        batch = []
+        for i in range(jobs):
+            job = base.with_queue(name).with_kwargs(i=i)
+            batch.append(job if name in ("plain", "nokey") else with_key(job, f"k:{i % keys}"))
+        await app.push_many(batch)
+    async with app.pool.connection() as conn:
+        await conn.execute("VACUUM ANALYZE chancy_jobs")
+
+
+async def time_claims(app: Chancy, queue: str, claims: int, limit: int, keyed: bool) -> float:
+    """The median seconds of ``claims`` claims of ``limit`` jobs (each rolled back)."""
+    found = []
+    q = Queue(queue, concurrency=100)
+    async with app.pool.connection() as conn:
+        for _ in range(claims):
+            began = time.perf_counter()
+            async with conn.transaction(force_rollback=True):
+                claimed = await app._run(
+                    conn, ops.claim(app.schema, q, limit, "bench", keyed=keyed)
+                )
+            found.append(time.perf_counter() - began)
+            assert len(claimed.rows) == limit, (queue, len(claimed.rows))
+    return statistics.median(found)
+
+
+async def main(dsn: str, jobs: int, keys: int, claims: int, limit: int) -> None:
+    name = f"chancy_bench_keys_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        async with Chancy(make_conninfo(dsn, dbname=name), autoload_plugins=False) as app:
+            await app.migrate()
+            await fill(app, jobs, keys)
+            cases = [
+                ("plain", "plain", False),
+                ("keyed, no key", "nokey", True),
+                ("keyed", "keyed", True),
+                ("ordered", "ordered", True),
+            ]
+            for _, queue, keyed in cases:  # warm up
+                await time_claims(app, queue, 5, limit, keyed)
+            medians = {}
+            for label, queue, keyed in cases:
+                medians[label] = await time_claims(app, queue, claims, limit, keyed)
+        print(
+            f"{jobs} pending jobs per queue, {keys} keys, {claims} claims of {limit} jobs"
+            " (medians; ratios to plain)"
+        )
+        for label, median in medians.items():
+            ratio = median / medians["plain"]
+            print(f"  {label:<14} {median * 1000:8.3f} ms   x{ratio:.1f}")
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=os.environ.get("CHANCY_TEST_DSN"))
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--keys", type=int, default=100)
+    parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--limit", type=int, default=10)
+    args = parser.parse_args()
+    if not args.dsn:
+        parser.error("give --dsn or set CHANCY_TEST_DSN (a server where databases can be made)")
+    anyio.run(main, args.dsn, args.jobs, args.keys, args.claims, args.limit)

@@ -1,0 +1,1 @@
+"""The workflow plugin's migrations (``NNNN_name.sql``, ``{name}`` placeholders get the prefix)."""

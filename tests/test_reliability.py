@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -335,7 +336,10 @@ def test_the_defaults_the_documented_delays_rest_on(monkeypatch):
     from chancy_core.worker import Worker
 
     app = Chancy("postgresql://u@h/db")
-    worker = Worker(app)
-    assert (worker.heartbeat_interval, worker.shutdown_timeout) == (5.0, 30.0)
+    defaults = inspect.signature(Worker).parameters  # a Worker made and not run leaks streams
+    assert (defaults["heartbeat_interval"].default, defaults["shutdown_timeout"].default) == (
+        5.0,
+        30.0,
+    )
     assert (app.settings.statement_timeout, app.call_timeout) == (30.0, 35.0)
     assert app.connect_timeout == 10.0

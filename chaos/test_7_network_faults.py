@@ -9,8 +9,9 @@ moving bytes without closing sockets), in front of the suite's own server:
 * a worker whose whole path is dead for a while, then restored: nothing lost, nothing
   run twice, work resumes at once;
 * a worker whose open connections freeze for ever while new ones work (failover, NAT
-  state lost), and one whose listener alone freezes: these need the worker-side
-  deadlines (issue 10, round 2) and are marked xfail(strict) until then.
+  state lost): it goes on (passes since the worker package was merged);
+* a worker whose listener alone freezes: needs the worker-side listener check (issue 10,
+  round 2) and is marked xfail(strict) until then.
 
 Job executions are recorded on direct connections (not through the proxy), so the
 fault only hits the worker's and the app's own traffic.
@@ -219,7 +220,6 @@ async def heartbeat_age(database: str, worker_id: str) -> float:
     return float("inf") if age is None else float(age)
 
 
-@ROUND_2
 async def test_frozen_connections_are_given_up_and_the_worker_goes_on(
     database, mode, report, fleet, tmp_path
 ):

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import sys
 import uuid
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -45,11 +47,12 @@ from psycopg.types.json import Jsonb
 from chancy_core import sql as q
 from chancy_core.errors import (
     ConfigurationError,
+    InvalidJobError,
     JobNotFoundError,
     JobStateError,
     QueueNotFoundError,
 )
-from chancy_core.job import QueuedJob, Reference, check_queue_name
+from chancy_core.job import Job, QueuedJob, Reference, check_queue_name, registered_jobs
 from chancy_core.queue import Queue
 
 __all__ = [
@@ -769,3 +772,83 @@ def queue_exists_op(schema: q.Schema, names: Sequence[str]) -> Operation:
         {"names": list(names)},
     )
     return {r[0] for r in rows}
+
+
+# --- guard rails on push -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """What a function accepts, for a fast check of each job's kwargs."""
+
+    names: frozenset[str]
+    required: frozenset[str]
+    any_keyword: bool
+    signature: str
+
+
+_params_cache: dict[Any, _Params | None] = {}
+
+
+def _params_of(func: Any) -> _Params | None:
+    try:
+        return _params_cache[func]
+    except (KeyError, TypeError):
+        pass
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        found = None
+    else:
+        kinds = inspect.Parameter
+        usable = [
+            p
+            for p in signature.parameters.values()
+            if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+            and p.name != "job_context"
+        ]
+        found = _Params(
+            names=frozenset(p.name for p in usable),
+            required=frozenset(p.name for p in usable if p.default is kinds.empty),
+            any_keyword=any(p.kind is kinds.VAR_KEYWORD for p in signature.parameters.values()),
+            signature=str(signature),
+        )
+    try:
+        _params_cache[func] = found
+    except TypeError:
+        pass
+    return found
+
+
+def known_function(name: str) -> Any:
+    """The function a job names, if it is registered with ``@job`` or its module is already
+    imported (push never imports a module: that could run code); else ``None``."""
+    found = registered_jobs.get(name)
+    if found is not None:
+        return found
+    module, _, attribute = name.rpartition(".")
+    loaded = sys.modules.get(module)
+    return getattr(loaded, attribute, None) if loaded is not None else None
+
+
+def check_signatures(jobs: Sequence[Job]) -> None:
+    """Raise :class:`InvalidJobError` for a job whose kwargs its (known) function cannot
+    take, naming the missing or unexpected argument."""
+    for job in jobs:
+        func = known_function(job.func)
+        params = _params_of(func) if callable(func) else None
+        if params is None:
+            continue
+        given = set(job.kwargs or ())
+        missing = sorted(params.required - given)
+        unexpected = [] if params.any_keyword else sorted(given - params.names)
+        if missing or unexpected:
+            problems = []
+            if missing:
+                problems.append(f"missing {', '.join(map(repr, missing))}")
+            if unexpected:
+                problems.append(f"unexpected {', '.join(map(repr, unexpected))}")
+            raise InvalidJobError(
+                f"kwargs of job {job.func} do not fit its signature {job.func.rpartition('.')[2]}"
+                f"{params.signature}: {' and '.join(problems)}"
+            )

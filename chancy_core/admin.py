@@ -31,6 +31,7 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -618,21 +619,28 @@ def cancel_jobs_op(schema: q.Schema, flt: JobFilter) -> Operation:
         ),
         params,
     )
-    if not rows:
-        return 0
-    done = yield (
-        schema.render(q.CANCEL_JOBS),
-        {"ids": [r[0] for r in rows], "channel": schema.channel},
-    )
-    return int(done[0][0]) + int(done[0][1]) if done else 0
+    ids = [r[0] for r in rows]
+    cancelled = 0
+    for start in range(0, len(ids), 100):  # 100 ids per notification (8000-byte payloads)
+        done = yield (
+            schema.render(q.CANCEL_JOBS),
+            {"ids": ids[start : start + 100], "channel": schema.channel},
+        )
+        cancelled += int(done[0][0]) + int(done[0][1]) if done else 0
+    return cancelled
 
 
 _BULK_DELETE: LiteralString = """
 WITH deleted AS (
     DELETE FROM {jobs} AS j WHERE {conds} AND j.state <> 'running' RETURNING j.id
 ), notified AS (
+    -- 100 ids per notification: a payload must stay under 8000 bytes.
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
-    FROM (SELECT array_agg(id) AS ids FROM deleted HAVING count(*) > 0) AS d
+    FROM (
+        SELECT array_agg(id) AS ids
+        FROM (SELECT id, (row_number() OVER ()) / 100 AS chunk FROM deleted) AS numbered
+        GROUP BY chunk
+    ) AS d
 )
 SELECT (SELECT count(*) FROM deleted), notified.count FROM notified
 """
@@ -813,10 +821,8 @@ def _params_of(func: Any) -> _Params | None:
             any_keyword=any(p.kind is kinds.VAR_KEYWORD for p in signature.parameters.values()),
             signature=str(signature),
         )
-    try:
+    with contextlib.suppress(TypeError):  # an unhashable callable: not cached
         _params_cache[func] = found
-    except TypeError:
-        pass
     return found
 
 

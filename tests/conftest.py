@@ -4,7 +4,7 @@ import os
 
 os.environ["CHANCY_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
-from chancy_core import Chancy  # noqa: E402
+from chancy_core import Chancy
 
 # Most tests push to queues they never declare (no worker is meant to run those jobs). The
 # rule that push refuses an undeclared queue is tested in test_admin.py, on apps that

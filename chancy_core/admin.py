@@ -840,9 +840,13 @@ def known_function(name: str) -> Any:
 def check_signatures(jobs: Sequence[Job]) -> None:
     """Raise :class:`InvalidJobError` for a job whose kwargs its (known) function cannot
     take, naming the missing or unexpected argument."""
+    seen: dict[str, _Params | None] = {}
     for job in jobs:
-        func = known_function(job.func)
-        params = _params_of(func) if callable(func) else None
+        try:
+            params = seen[job.func]
+        except KeyError:
+            func = known_function(job.func)
+            params = seen[job.func] = _params_of(func) if callable(func) else None
         if params is None:
             continue
         given = set(job.kwargs or ())

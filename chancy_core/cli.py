@@ -184,9 +184,12 @@ def _positive_int(text: str) -> int:
 
 
 def load_app(spec: str) -> Chancy:
-    """Import ``module:attribute`` and return that :class:`Chancy` (calling the attribute
-    first if it is a factory). The current folder is importable."""
+    """Import ``module:attribute`` (or upstream Chancy's dotted ``module.attribute``) and
+    return that :class:`Chancy` (calling the attribute first if it is a factory). The
+    current folder is importable."""
     module_name, sep, attribute = spec.partition(":")
+    if not sep and "." in spec:  # upstream Chancy's form: a dotted path, myapp.chancy
+        module_name, sep, attribute = spec.rpartition(".")
     if not sep or not module_name or not attribute:
         raise UsageError(f"--app {spec!r}: write MODULE:ATTRIBUTE, e.g. --app myapp.tasks:chancy")
     try:

@@ -164,6 +164,8 @@ def test_the_app_is_used_from_the_environment_and_says_which_database(project, d
     assert names["migrations core"]["ok"] and names["plugin stamp"]["detail"] == (
         "label='from-the-app'"
     )
+    # Upstream Chancy's dotted form works too.
+    assert json.loads(ok(chancy(project, "--app", "myapp.chancy", "queue", "list", "--json"))) == []
     plugins = json.loads(ok(chancy(project, "plugins", "--json", "--app", "myapp:chancy")))
     assert [(p["name"], p["options"]) for p in plugins] == [("stamp", "label='from-the-app'")]
 

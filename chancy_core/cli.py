@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -168,6 +169,16 @@ def _parse_time(text: str, *, future: bool = False) -> datetime:
 
 def _future_time(text: str) -> datetime:
     return _parse_time(text, future=True)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -1093,6 +1104,14 @@ async def _worker_start(app: Chancy, args: argparse.Namespace) -> int:
                 logging.getLogger(__name__).warning(
                     "updated queue %s for every worker: %s", name, _describe(updated)
                 )
+    if args.worker_id:
+        await _refuse_a_live_namesake(app, args.worker_id)
+    names = [name for name, _ in registered(app.plugins)]
+    if "recovery" not in names:
+        logging.getLogger(__name__).warning(
+            "no recovery plugin: if this worker dies (kill -9, OOM, power loss) its running"
+            " jobs stay running for ever; install chancy-plugin-recovery"
+        )
     worker = Worker(
         app,
         worker_id=args.worker_id,
@@ -1104,6 +1123,47 @@ async def _worker_start(app: Chancy, args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info("worker plugins: %s", plugins)
     await worker.serve()
     return EXIT_OK
+
+
+def _option_value(argv: list[str], name: str) -> str | None:
+    """The value of option ``name`` in ``argv`` (the last one), removing every occurrence."""
+    found = None
+    n = 0
+    while n < len(argv):
+        if argv[n] == name and n + 1 < len(argv):
+            found = argv[n + 1]
+            del argv[n : n + 2]
+        elif argv[n].startswith(name + "="):
+            found = argv[n].partition("=")[2]
+            del argv[n]
+        else:
+            n += 1
+    return found
+
+
+async def _refuse_a_live_namesake(app: Chancy, worker_id: str) -> None:
+    """Refuse to start a second worker under the id of one that is alive (its heartbeat is
+    recent, and it is not a process of this host that has exited)."""
+    for info in await app.list_workers(timeout=30.0):
+        if info.worker_id != worker_id or not info.alive:
+            continue
+        if info.hostname == socket.gethostname() and not _pid_running(info.pid):
+            continue  # it crashed here moments ago: this is its restart
+        raise ConfigurationError(
+            f"a worker with id {worker_id!r} is alive (pid {info.pid} on {info.hostname},"
+            f" heartbeat {info.heartbeat_age:.0f}s ago): give this one another --worker-id,"
+            " or stop that one first"
+        )
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _start_processes(argv: Sequence[str], count: int) -> int:
@@ -1120,9 +1180,18 @@ def _start_processes(argv: Sequence[str], count: int) -> int:
         if arg.startswith("--processes="):
             continue
         child_argv.append(arg)
+    worker_id = _option_value(child_argv, "--worker-id")
     children = [
-        subprocess.Popen([sys.executable, "-m", "chancy_core.cli", *child_argv])
-        for _ in range(count)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chancy_core.cli",
+                *child_argv,
+                *(["--worker-id", f"{worker_id}-{n}"] if worker_id else []),
+            ]
+        )
+        for n in range(1, count + 1)
     ]
 
     def forward(signum: int, frame: object) -> None:
@@ -1353,10 +1422,15 @@ def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
         metavar="TAG",
         help="worker tag (repeat); a queue is served by workers whose tags match its patterns",
     )
-    start.add_argument("--worker-id", default=None, help="the worker's id (default: random)")
+    start.add_argument(
+        "--worker-id",
+        default=None,
+        help="the worker's id (default: random); with --processes N, ID-1 ... ID-N. A worker"
+        " whose id is alive elsewhere refuses to start",
+    )
     start.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=_non_negative,
         default=30.0,
         metavar="SECONDS",
         help="how long running jobs get to finish on SIGTERM/SIGINT (default 30)",

@@ -115,3 +115,31 @@ def test_usage_errors_are_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("chancy: error: argument --state")
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from chancy_core.cli import build_parser
+    from chancy_core.plugins import build_plugin_manager
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif action.help is None and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(build_plugin_manager(None, autoload=False)), "chancy")
+    assert missing == []
+
+
+def test_processes_gives_each_child_its_own_worker_id():
+    from chancy_core.cli import _option_value
+
+    argv = ["worker", "start", "--worker-id", "w", "--tags", "x", "--worker-id=z"]
+    assert _option_value(argv, "--worker-id") == "z"
+    assert argv == ["worker", "start", "--tags", "x"]

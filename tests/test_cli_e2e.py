@@ -252,6 +252,8 @@ def test_a_worker_started_with_the_app_runs_jobs_with_its_plugins(project, worke
 
     (listed,) = json.loads(ok(chancy(project, *app, "worker", "list", "--json")))
     assert listed["worker_id"] == "e2e-worker" and listed["alive"] is True
+    twin = chancy(project, *app, "worker", "start", "--worker-id", "e2e-worker")
+    one_line_error(twin, 1, "a worker with id 'e2e-worker' is alive")
     assert "e2e-worker" in ok(chancy(project, *app, "worker", "list"))
 
     failing = ok(chancy(project, *app, "job", "push", "myapp.tasks.always_fails")).strip()

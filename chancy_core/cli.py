@@ -106,10 +106,17 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# Columns never wrapped (ids, times, numbers): the others fold when the terminal is narrow.
+_WHOLE = {"ID", "WORKER", "DUE (UTC)", "STATE", "TRIES", "PRIO", "PID", "HEARTBEAT"}
+_MIN = {"QUEUE": 7, "FUNC": 16, "LAST ERROR": 12}
+
+
 def _table(*columns: str) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(
+            column, overflow="fold", no_wrap=column in _WHOLE, min_width=_MIN.get(column)
+        )
     return table
 
 
@@ -547,9 +554,7 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
     if not page.jobs:
         print("no jobs match", file=sys.stderr)
         return EXIT_OK
-    table = _table(
-        "ID", "QUEUE", "FUNC", "STATE", "ATTEMPTS", "PRIO", "SCHEDULED (UTC)", "LAST ERROR"
-    )
+    table = _table("ID", "QUEUE", "FUNC", "STATE", "TRIES", "PRIO", "DUE (UTC)", "LAST ERROR")
     for job in page.jobs:
         last = job.errors[-1]["traceback"].strip().splitlines()[-1] if job.errors else ""
         table.add_row(
@@ -559,7 +564,7 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
             _styled(job.state.value),
             f"{job.attempts}/{job.max_attempts}",
             str(job.priority),
-            _when(job.scheduled_at),
+            job.scheduled_at.astimezone(UTC).strftime("%m-%d %H:%M:%S"),
             last[:80],
         )
     _console().print(table)
@@ -1181,6 +1186,17 @@ def _start_processes(argv: Sequence[str], count: int) -> int:
             continue
         child_argv.append(arg)
     worker_id = _option_value(child_argv, "--worker-id")
+    port = os.environ.get("CHANCY_METRICS_PORT", "").strip()
+
+    def env_of(n: int) -> dict[str, str]:
+        # One metrics port per child: PORT, PORT+1, ... (the metrics plugin reads it).
+        if not port.isdigit():
+            return dict(os.environ)
+        return {**os.environ, "CHANCY_METRICS_PORT": str(int(port) + n - 1)}
+
+    # Each child in its own process group: a terminal's Ctrl-C (sent to the foreground
+    # group) reaches only this parent, which forwards it once; a child that got it twice
+    # would take the second as "stop now" instead of draining its jobs.
     children = [
         subprocess.Popen(
             [
@@ -1189,7 +1205,9 @@ def _start_processes(argv: Sequence[str], count: int) -> int:
                 "chancy_core.cli",
                 *child_argv,
                 *(["--worker-id", f"{worker_id}-{n}"] if worker_id else []),
-            ]
+            ],
+            env=env_of(n),
+            process_group=0,
         )
         for n in range(1, count + 1)
     ]

@@ -46,7 +46,7 @@ from chancy_core.errors import (
     JobNotFoundError,
     QueueNotFoundError,
 )
-from chancy_core.job import Job, QueuedJob
+from chancy_core.job import Job, Limit, QueuedJob
 from chancy_core.plugins import ENTRY_POINT_GROUP, build_plugin_manager, registered
 from chancy_core.queue import EXECUTORS, Queue
 from chancy_core.worker import Worker
@@ -724,8 +724,27 @@ async def _job_push(app: Chancy, args: argparse.Namespace) -> int:
         fields["unique_key"] = args.unique_key
     if args.at is not None:
         fields["scheduled_at"] = args.at
+    limits = [
+        Limit(kind, value)
+        for kind, value in (
+            (Limit.Type.TIME, args.time_limit),
+            (Limit.Type.MEMORY, args.memory_limit),
+        )
+        if value is not None
+    ]
+    if limits:
+        fields["limits"] = limits
     job = job_from_arguments(args, **fields)
     ref = await app.push(job)
+    if job.unique_key is not None:
+        existing = await app.get_job(ref)
+        if existing is not None and (existing.func, existing.kwargs) != (job.func, job.kwargs):
+            logging.getLogger(__name__).warning(
+                "unique key %r is held by job %s (%s, other kwargs): this push added nothing",
+                job.unique_key,
+                ref,
+                existing.state.value,
+            )
     if args.json:
         _print_json({"id": ref.identifier, "queue": job.queue, "func": job.func})
     else:
@@ -1555,6 +1574,20 @@ def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
         default=None,
         metavar="TIME",
         help="run no earlier than TIME (ISO 8601, or a delay: 30s, 15m, 2h)",
+    )
+    push.add_argument(
+        "--time-limit",
+        type=_positive_int,
+        default=None,
+        metavar="SECONDS",
+        help="stop the job after this many seconds (it then follows its retry policy)",
+    )
+    push.add_argument(
+        "--memory-limit",
+        type=_positive_int,
+        default=None,
+        metavar="BYTES",
+        help="process queues: kill the job when its resident memory passes this",
     )
     push.add_argument(
         "--file",

@@ -143,3 +143,16 @@ def test_processes_gives_each_child_its_own_worker_id():
     argv = ["worker", "start", "--worker-id", "w", "--tags", "x", "--worker-id=z"]
     assert _option_value(argv, "--worker-id") == "z"
     assert argv == ["worker", "start", "--tags", "x"]
+
+
+def test_job_push_limits_and_a_dropped_unique_key_push_is_told(database, capsys):
+    dsn = ["--dsn", database, "-q"]
+    assert run(capsys, *dsn, "queue", "declare", "default")[0] == 0
+    push = [*dsn, "job", "push", "elsewhere.f", "--unique-key", "k", "--time-limit", "30"]
+    status, out, _ = run(capsys, *push, "--kwargs", '{"a": 1}')
+    ref = out.strip()
+    status, out, _ = run(capsys, *dsn, "job", "get", ref, "--json")
+    assert json.loads(out)["limits"] == [{"t": "time", "v": 30}]
+    status, out, err = run(capsys, *push, "--kwargs", '{"a": 2}', "-v")
+    assert (status, out.strip()) == (0, ref)
+    assert f"unique key 'k' is held by job {ref} (pending, other kwargs)" in err

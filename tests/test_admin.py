@@ -396,8 +396,8 @@ async def test_update_queue_changes_only_what_is_given(chancy):
         state=Queue.State.PAUSED,
     )
     assert await chancy.get_queue("q") == updated
-    with pytest.raises(ConfigurationError, match="cannot change name, state"):
-        await chancy.update_queue("q", state="active", name="x")  # name: a setting here
+    with pytest.raises(ConfigurationError, match="cannot change state, tagz"):
+        await chancy.update_queue("q", state="active", tagz=["x"])
     with pytest.raises(QueueNotFoundError, match="queue 'nope' is not declared"):
         await chancy.update_queue("nope", concurrency=2)
     with pytest.raises(Exception, match="concurrency must be an integer"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -34,6 +35,7 @@ from typing import Any, NoReturn
 
 import anyio
 import pluggy
+import psycopg
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -314,6 +316,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@functools.cache  # once per function: a file of many jobs warns once, imports once
 def job_template(func: str) -> Job | None:
     """The ``@job`` template of ``func`` if it can be imported and is decorated, else None
     (a warning says why when it cannot be imported)."""
@@ -398,7 +401,10 @@ def _job_from_line(data: Any, where: str) -> Job:
         raise ConfigurationError(f"{where}: kwargs must be a JSON object")
     fields = {k: v for k, v in data.items() if k not in ("func", "kwargs") and v is not None}
     if "scheduled_at" in fields:
-        fields["scheduled_at"] = _parse_time(str(fields["scheduled_at"]), future=True)
+        try:
+            fields["scheduled_at"] = _parse_time(str(fields["scheduled_at"]), future=True)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigurationError(f"{where}: scheduled_at {exc}") from None
     try:
         template = job_template(data["func"])
         if template is not None:
@@ -439,7 +445,7 @@ async def _check(app: Chancy, args: argparse.Namespace) -> int:
         try:
             cur = await conn.execute(ledger)
             applied = {(c, v) for c, v in await cur.fetchall()}
-        except Exception:
+        except psycopg.errors.UndefinedTable:  # never migrated
             applied = set()
     for mset in app.migration_sets():
         missing = [m for m in mset.migrations if (mset.component, m.version) not in applied]

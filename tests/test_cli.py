@@ -156,3 +156,30 @@ def test_job_push_limits_and_a_dropped_unique_key_push_is_told(database, capsys)
     status, out, err = run(capsys, *push, "--kwargs", '{"a": 2}', "-v")
     assert (status, out.strip()) == (0, ref)
     assert f"unique key 'k' is held by job {ref} (pending, other kwargs)" in err
+
+
+def test_check_fails_on_a_database_that_was_never_migrated(postgres_dsn, capsys):
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from chancy_core.testing import dsn_for_database
+
+    name = f"chancy_unmigrated_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = dsn_for_database(postgres_dsn, name)
+        status, out, _ = run(capsys, "--dsn", dsn, "-q", "check", "--json")
+        found = json.loads(out)
+        assert status == 1 and found["ok"] is False
+        (core,) = [c for c in found["checks"] if c["check"] == "migrations core"]
+        assert "not applied" in core["detail"] and "run `chancy migrate`" in core["detail"]
+        assert run(capsys, "--dsn", dsn, "-q", "migrate")[0] == 0
+        assert run(capsys, "--dsn", dsn, "-q", "check")[0] == 0
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

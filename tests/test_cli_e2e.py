@@ -225,8 +225,10 @@ def test_job_push_honours_job_defaults_checks_kwargs_and_reads_a_file(project):
     lines = [json.dumps({"func": "myapp.tasks.send_welcome", "kwargs": {"to": f"u{i}"}})
              for i in range(250)]  # fmt: skip
     (project / "jobs.jsonl").write_text("\n".join(lines) + "\n")
-    assert ok(chancy(project, *app, "job", "push", "--file", "jobs.jsonl", "--batch-size",
-                     "100")) == "pushed 250 job(s) from jobs.jsonl\n"  # fmt: skip
+    pushed_file = chancy(project, *app, "job", "push", "--file", "jobs.jsonl", "--progress",
+                         "--batch-size", "100")  # fmt: skip
+    assert ok(pushed_file) == "pushed 250 job(s) from jobs.jsonl\n"
+    assert "250/250" in pushed_file.stderr  # the progress bar's last state
     (project / "bad.jsonl").write_text(lines[0] + '\n{"func": 1}\n')
     one_line_error(chancy(project, *app, "job", "push", "--file", "bad.jsonl"), 1,
                    "bad.jsonl line 2: each line must be a JSON object")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import nox
@@ -20,6 +21,13 @@ def plugin_path(name: str) -> str:
     return str(ROOT / "plugins" / name)
 
 
+def plugin_install(name: str) -> str:
+    """The ``-e`` argument installing a plugin, with its ``test`` extra if it declares one."""
+    project = tomllib.loads((ROOT / "plugins" / name / "pyproject.toml").read_text())["project"]
+    extra = "[test]" if "test" in project.get("optional-dependencies", {}) else ""
+    return f"-e{plugin_path(name)}{extra}"
+
+
 @nox.session(python=PYTHON, tags=["test"])
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
@@ -31,7 +39,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the core and every plugin."""
-    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_path(p)}" for p in PLUGINS])
+    session.install("-e", ".[dev,embedded]", *[plugin_install(p) for p in PLUGINS])
     session.run("mypy")
     for plugin in PLUGINS:
         session.run("mypy", "--config-file", "pyproject.toml", plugin_path(plugin))
@@ -48,7 +56,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("plugin", PLUGINS, ids=PLUGINS)
 def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin's tests with only the core and that plugin installed (entry points)."""
-    session.install("-e", ".[dev,embedded]", "-e", plugin_path(plugin))
+    session.install("-e", ".[dev,embedded]", plugin_install(plugin))
     session.run(
         "pytest", f"{plugin_path(plugin)}/tests", "-p", "chancy_core.testing", *session.posargs
     )
@@ -57,7 +65,7 @@ def plugin(session: nox.Session, plugin: str) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 def plugins_together(session: nox.Session) -> None:
     """Every plugin installed at once, all their tests."""
-    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_path(p)}" for p in PLUGINS])
+    session.install("-e", ".[dev,embedded]", *[plugin_install(p) for p in PLUGINS])
     session.run(
         "pytest",
         *[f"{plugin_path(p)}/tests" for p in PLUGINS],
@@ -74,6 +82,15 @@ def example_plugin(session: nox.Session) -> None:
     session.run("pytest", str(ROOT / "examples/chancy-plugin-example/tests"), *session.posargs)
 
 
+@nox.session(python=PYTHON, tags=["test"])
+def examples(session: nox.Session) -> None:
+    """The FastAPI and Flask examples' tests, with their own requirements."""
+    apps = [ROOT / "examples" / name for name in ("fastapi_app", "flask_app")]
+    requirements = [arg for app in apps for arg in ("-r", str(app / "requirements.txt"))]
+    session.install("-e", ".[dev,embedded]", *requirements)
+    session.run("pytest", *map(str, apps), "-p", "chancy_core.testing", *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Push jobs and run them with a worker on the embedded PostgreSQL."""
@@ -84,7 +101,9 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Side-by-side throughput and latency against peers (see benchmarks/README.md)."""
-    session.install("-e", ".")
+    # The deployed plugins too, for benchmarks/growth.py; run.py builds its own venvs.
+    deployed = ("chancy-plugin-recovery", "chancy-plugin-pruner", "chancy-plugin-leadership")
+    session.install("-e", ".", *[f"-e{plugin_path(p)}" for p in deployed])
     session.run(
         "python", "benchmarks/run.py", *session.posargs, env={"CHANCY_CORE_SOURCE": str(ROOT)}
     )

@@ -15,9 +15,18 @@ module (as ``__mp_main__``), as :mod:`multiprocessing` always does: a script
 that starts a worker must do so under ``if __name__ == "__main__":``, or each
 child starts another worker.
 
+``CHANCY_PROCESS_INITIALIZER``: when this environment variable names an
+importable no-argument callable (``module.name``), each child calls it once,
+before its first job; a framework sets itself up there (``django.setup``, which
+``manage.py chancy_worker`` sets for you). Children inherit the worker's
+environment, so set it in the worker before it starts. If the initializer
+raises, every job that child is given fails with its traceback.
+
 A child that dies (``os._exit``, a signal, the kernel's out-of-memory killer)
-fails its job with :class:`~chancy_core.executors.JobCrashed` saying how it
-ended. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
+fails its job with :class:`~chancy_core.errors.JobCrashed` saying how it
+ended. A job's changes to ``job_context.meta`` in the child are sent back with its
+outcome and applied to the worker's job, so they are saved as with the other
+executors. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
 reaping a child never blocks the event loop.
 """
 
@@ -36,9 +45,8 @@ from typing import Any
 
 import anyio
 
+from chancy_core.errors import JobCrashed, MemoryLimitExceeded, RemoteError
 from chancy_core.executors import (
-    JobCrashed,
-    MemoryLimitExceeded,
     _await,
     call_function,
     is_async,
@@ -46,13 +54,12 @@ from chancy_core.executors import (
 )
 from chancy_core.job import Limit, QueuedJob
 
-__all__ = ["ProcessExecutor", "RemoteError"]
+__all__ = ["INITIALIZER_ENV", "ProcessExecutor", "RemoteError"]
+
+INITIALIZER_ENV = "CHANCY_PROCESS_INITIALIZER"
+"""Environment variable naming a callable each child runs once before its first job."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-class RemoteError(Exception):
-    """An exception raised in a child that could not be sent back as itself."""
 
 
 def _dumps(value: Any) -> bytes | None:
@@ -83,6 +90,15 @@ def _child_main(conn: Connection) -> None:
     reaches the worker too, which decides (drains, then kills what is left)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    failed_setup: tuple[Any, ...] | None = None
+    initializer = os.environ.get(INITIALIZER_ENV)
+    if initializer:
+        try:
+            resolve_function(initializer)()
+        except BaseException as exc:
+            text = "".join(traceback.format_exception(exc))
+            summary = f"{INITIALIZER_ENV}={initializer} failed: {type(exc).__qualname__}: {exc}"
+            failed_setup = ("error", _dumps(RemoteError(summary)), text, summary)
     while True:
         try:
             message = conn.recv()
@@ -91,6 +107,9 @@ def _child_main(conn: Connection) -> None:
         if message is None:
             return
         func_name, kwargs, job = message
+        if failed_setup is not None:
+            conn.send(failed_setup)
+            continue
         outcome: tuple[Any, ...]
         try:
             func = resolve_function(func_name)
@@ -102,7 +121,9 @@ def _child_main(conn: Connection) -> None:
         except BaseException as exc:
             text = "".join(traceback.format_exception(exc))
             outcome = ("error", _dumps(exc), text, f"{type(exc).__qualname__}: {exc}")
-        conn.send(outcome)
+        # The job's meta as the function left it (it edits job_context.meta in place): the
+        # worker saves it, as it does for the other executors.
+        conn.send((*outcome, _dumps(job.meta) if job is not None else None))
 
 
 def _rss(pid: int) -> int:
@@ -204,6 +225,10 @@ class ProcessExecutor:
                     self.idle.append(child)
                 else:
                     await child.discard()
+        meta = _loads(outcome[-1])
+        if isinstance(meta, dict) and meta != job.meta:
+            job.meta.clear()  # the worker's copy of the job follows the child's
+            job.meta.update(meta)
         if outcome[0] == "ok":
             return _loads(outcome[1])
         error = _loads(outcome[1])
@@ -211,6 +236,9 @@ class ProcessExecutor:
             error = RemoteError(outcome[3])
         error.add_note(f"in the job's process:\n{outcome[2].rstrip()}")
         raise error
+
+    def resize(self, concurrency: int) -> None:
+        self.limiter.total_tokens = concurrency
 
     async def aclose(self) -> None:
         children = [*self.idle, *self.busy]

@@ -1744,7 +1744,8 @@ def setup_logging(*, verbose: int, quiet: int, fmt: str, worker: bool) -> None:
 
 
 def _error(message: str, status: int) -> int:
-    print(f"chancy: error: {message}", file=sys.stderr)
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"chancy: error: {one_line}", file=sys.stderr)
     return status
 
 

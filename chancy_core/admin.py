@@ -410,6 +410,21 @@ ORDER BY w.worker_id
 
 
 @eager
+def job_record_op(schema: q.Schema, ref: Reference | str) -> Operation:
+    """What the jobs table keeps beside a :class:`QueuedJob`: ``created_at``, ``taken_by``
+    (the worker running it) and ``cancelled_at`` (a cancellation asked of a running job);
+    ``None`` if the job does not exist."""
+    rows = yield (
+        _render(schema, "SELECT created_at, taken_by, cancelled_at FROM {jobs} WHERE id = %(id)s"),
+        {"id": job_id(ref)},
+    )
+    if not rows:
+        return None
+    created_at, taken_by, cancelled_at = rows[0]
+    return {"created_at": created_at, "taken_by": taken_by, "cancelled_at": cancelled_at}
+
+
+@eager
 def list_workers_op(schema: q.Schema, *, timeout: float = 60.0) -> Operation:
     """Every registered worker; ``alive`` when its heartbeat is younger than ``timeout``."""
     rows = yield _render(schema, LIST_WORKERS), {}

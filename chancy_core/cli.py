@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from chancy_core import admin
 from chancy_core.app import DSN_ENV, Chancy, mask_dsn
 from chancy_core.errors import (
     ChancyError,
@@ -581,16 +582,17 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
 
 async def _job_get(app: Chancy, args: argparse.Namespace) -> int:
     job = await app.get_job(args.ref)
-    if job is None:
+    record = await app.execute(admin.job_record_op(app.schema, args.ref))
+    if job is None or record is None:
         raise JobNotFoundError(f"no job {args.ref} (pruned, deleted or never pushed)")
     if args.json:
-        _print_json(_job_json(job))
+        _print_json({**_job_json(job), **record})
         return EXIT_OK
-    _print_job(job)
+    _print_job(job, record)
     return EXIT_OK
 
 
-def _print_job(job: QueuedJob) -> None:
+def _print_job(job: QueuedJob, record: dict[str, Any] | None = None) -> None:
     console = _console()
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
@@ -603,9 +605,16 @@ def _print_job(job: QueuedJob) -> None:
         ("attempts", f"{job.attempts} of {job.max_attempts}"),
         ("priority", str(job.priority)),
         ("kwargs", json.dumps(job.kwargs, default=str)),
+        *([("created_at", _when(record["created_at"]))] if record else []),
         ("scheduled_at", _when(job.scheduled_at)),
         ("started_at", _when(job.started_at)),
         ("completed_at", _when(job.completed_at)),
+        *([("taken_by", record["taken_by"])] if record and record["taken_by"] else []),
+        *(
+            [("cancel asked", _when(record["cancelled_at"]))]
+            if record and record["cancelled_at"]
+            else []
+        ),
         ("unique_key", job.unique_key or "-"),
         ("limits", ", ".join(f"{lim.type_.value}={lim.value}" for lim in job.limits) or "-"),
         ("meta", json.dumps(job.meta, default=str) if job.meta else "-"),

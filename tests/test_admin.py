@@ -333,7 +333,7 @@ async def test_a_queue_paused_until_a_time_resumes_by_itself(chancy, run_worker)
     """No worker change and no one acting: the queue reads as active once resume_at passes."""
     with anyio.fail_after(20):
         await chancy.declare(Queue("q", polling_interval=0.1))
-        resume_at = datetime.now(UTC) + timedelta(seconds=2)
+        resume_at = datetime.now(UTC) + timedelta(seconds=6)  # generous: a loaded machine
         assert await chancy.pause_queue("q", resume_at=resume_at) is True
         (stats,) = await chancy.queue_stats()
         assert stats.queue is not None and stats.queue.state is Queue.State.PAUSED

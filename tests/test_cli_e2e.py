@@ -230,6 +230,7 @@ def test_job_push_honours_job_defaults_checks_kwargs_and_reads_a_file(project):
                                   "--kwargs", '{"to": "x"}', "--json")))  # fmt: skip
     job = json.loads(ok(chancy(project, *app, "job", "get", pushed["id"], "--json")))
     assert (job["queue"], job["max_attempts"], job["priority"]) == ("emails", 3, 4)
+    assert job["created_at"] and job["taken_by"] is None and job["cancelled_at"] is None
     one_line_error(chancy(project, *push, "--kwargs", '{"too": "x"}'), 1,
                    "missing 'to' and unexpected 'too'")  # fmt: skip
     one_line_error(chancy(project, *app, "job", "push", "myapp.tasks.nothere"), 1,
@@ -291,7 +292,7 @@ def test_a_worker_started_with_the_app_runs_jobs_with_its_plugins(project, worke
                    "'nope' is not a job reference")  # fmt: skip
 
     # Pause until a time: the running worker resumes the queue by itself.
-    ok(chancy(project, *app, "queue", "pause", "emails", "--until", "3s"))
+    ok(chancy(project, *app, "queue", "pause", "emails", "--until", "12s"))  # CLI calls take 1-2 s
     later = ok(chancy(project, *app, "job", "push", "myapp.tasks.send_welcome",
                       "--kwargs", '{"to": "later"}')).strip()  # fmt: skip
     assert json.loads(ok(chancy(project, *app, "job", "get", later, "--json")))["state"] == (

@@ -148,6 +148,15 @@ def test_without_a_database_the_cli_refuses_instead_of_making_an_embedded_one(tm
     assert not (tmp_path / ".chancy").exists()
 
 
+def test_with_embedded_the_cli_uses_the_demo_database_and_says_so(tmp_path):
+    home = tmp_path / "home"
+    done = chancy(tmp_path, "--embedded", "migrate", CHANCY_HOME=str(home))
+    assert "applied core:0001_initial" in ok(done)
+    assert f"chancy: using the EMBEDDED demo database in {home}" in done.stderr
+    listed = chancy(tmp_path, "queue", "list", "--json", "--embedded", CHANCY_HOME=str(home))
+    assert json.loads(ok(listed)) == []
+
+
 def test_a_bad_app_gives_one_line_saying_what_to_do(project):
     says = "cannot import nosuch (no module named 'nosuch'): run chancy from the folder"
     one_line_error(chancy(project, "--app", "nosuch:chancy", "queue", "list"), 1, says)

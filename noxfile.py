@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import nox
@@ -20,6 +21,13 @@ def plugin_path(name: str) -> str:
     return str(ROOT / "plugins" / name)
 
 
+def plugin_with_tests(name: str) -> str:
+    """The plugin's path, with its `test` extra when it declares one (its tests' needs)."""
+    project = tomllib.loads((ROOT / "plugins" / name / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {})
+    return plugin_path(name) + ("[test]" if "test" in extras else "")
+
+
 @nox.session(python=PYTHON, tags=["test"])
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
@@ -31,7 +39,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the core and every plugin."""
-    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_path(p)}" for p in PLUGINS])
+    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_with_tests(p)}" for p in PLUGINS])
     session.run("mypy")
     for plugin in PLUGINS:
         session.run("mypy", "--config-file", "pyproject.toml", plugin_path(plugin))
@@ -48,7 +56,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("plugin", PLUGINS, ids=PLUGINS)
 def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin's tests with only the core and that plugin installed (entry points)."""
-    session.install("-e", ".[dev,embedded]", "-e", plugin_path(plugin))
+    session.install("-e", ".[dev,embedded]", "-e", plugin_with_tests(plugin))
     session.run(
         "pytest", f"{plugin_path(plugin)}/tests", "-p", "chancy_core.testing", *session.posargs
     )
@@ -57,7 +65,7 @@ def plugin(session: nox.Session, plugin: str) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 def plugins_together(session: nox.Session) -> None:
     """Every plugin installed at once, all their tests."""
-    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_path(p)}" for p in PLUGINS])
+    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_with_tests(p)}" for p in PLUGINS])
     session.run(
         "pytest",
         *[f"{plugin_path(p)}/tests" for p in PLUGINS],
@@ -95,6 +103,28 @@ def chaos(session: nox.Session) -> None:
     """The chaos suite: faults, load, hostile input (chaos/README.md); `-- --short` for CI."""
     session.install("-e", ".[dev,embedded]", "-e", plugin_path("chancy-plugin-recovery"))
     session.run("pytest", "chaos", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """The dashboard's browser tests: a real worker, dashboard and database, driven by
+    Playwright in Debian's chromium (`apt-get install chromium`; .ci/run installs it)."""
+    session.install(
+        "-e",
+        ".[dev,embedded]",
+        "-e",
+        plugin_path("chancy-plugin-dashboard") + "[e2e]",
+        *[f"-e{plugin_path(p)}" for p in ("chancy-plugin-cron", "chancy-plugin-metrics")],
+        "-e",
+        plugin_path("chancy-plugin-leadership"),
+    )
+    session.run(
+        "pytest",
+        plugin_path("chancy-plugin-dashboard") + "/e2e",
+        "-p",
+        "chancy_core.testing",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)

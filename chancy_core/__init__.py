@@ -1,5 +1,6 @@
 """chancy-core: a distributed job queue for Python built on PostgreSQL."""
 
+from chancy_core.admin import JobPage, QueueStats, WorkerInfo
 from chancy_core.app import Chancy
 from chancy_core.errors import ChancyError
 from chancy_core.hookspecs import hookimpl
@@ -13,11 +14,14 @@ __all__ = [
     "ErrorT",
     "IsAJob",
     "Job",
+    "JobPage",
     "Limit",
     "Queue",
+    "QueueStats",
     "QueuedJob",
     "Reference",
     "Worker",
+    "WorkerInfo",
     "hookimpl",
     "job",
 ]

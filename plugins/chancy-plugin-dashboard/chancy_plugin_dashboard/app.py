@@ -271,7 +271,7 @@ class Dashboard:
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         messages = {404: "Nothing here.", 405: "That action is not done this way."}
-        message = exc.detail if exc.status_code not in messages else messages[exc.status_code]
+        message = messages.get(exc.status_code, exc.detail)
         response = self.render(
             request, "error.html", exc.status_code, status=exc.status_code, message=message
         )

@@ -109,7 +109,9 @@ def line_chart(
     return Markup("").join(parts)
 
 
-def _per_minute(rows: Iterable[Any], key: Any, value: Any) -> dict[str, list[tuple[datetime, float]]]:
+def _per_minute(
+    rows: Iterable[Any], key: Any, value: Any
+) -> dict[str, list[tuple[datetime, float]]]:
     sums: dict[str, dict[datetime, float]] = defaultdict(lambda: defaultdict(float))
     for row in rows:
         sums[key(row)][row.bucket] += value(row)

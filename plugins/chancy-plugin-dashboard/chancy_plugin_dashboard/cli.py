@@ -65,7 +65,9 @@ def load_app(target: str) -> Any:
     """The object ``module:attribute`` names (the current directory is importable)."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise ChancyError(f"--app {target!r}: write MODULE:ATTRIBUTE, e.g. myproject.admin:dashboard")
+        raise ChancyError(
+            f"--app {target!r}: write MODULE:ATTRIBUTE, e.g. myproject.admin:dashboard"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

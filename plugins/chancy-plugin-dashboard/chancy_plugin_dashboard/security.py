@@ -56,7 +56,7 @@ CSRF_FIELD = "csrf"
 
 #: ``auth(request) -> identity | None`` (may be ``async``): who the request is from, or
 #: ``None`` if it is not authenticated.
-AuthCallback = Callable[[Request], "str | None | Awaitable[str | None]"]
+AuthCallback = Callable[[Request], "str | Awaitable[str | None] | None"]
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _MAX_FORM_BYTES = 256 * 1024
@@ -280,7 +280,8 @@ class Guard:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return None
-            body += message.get("body", b"")
+            chunk: bytes = message.get("body", b"")
+            body += chunk
             if len(body) > _MAX_FORM_BYTES:
                 return None
             if not message.get("more_body", False):

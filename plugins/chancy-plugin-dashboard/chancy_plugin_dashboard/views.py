@@ -146,9 +146,7 @@ class Views:
             log.info("dashboard: signed in", extra={"client": _client(request)})
             return self._redirect(request, next_path)
         log.warning("dashboard: a wrong password was given", extra={"client": _client(request)})
-        return self.dash.render(
-            request, "login.html", 401, next=next_path, error="Wrong password."
-        )
+        return self.dash.render(request, "login.html", 401, next=next_path, error="Wrong password.")
 
     async def logout(self, request: Request) -> Response:
         """Forget the session."""
@@ -603,9 +601,7 @@ class Views:
             yield "retry: 3000\n\n"
             while anyio.current_time() < deadline:
                 try:
-                    html = self.dash.render_text(
-                        scope, template, flashes=[], **await context()
-                    )
+                    html = self.dash.render_text(scope, template, flashes=[], **await context())
                 except HTTPException:
                     return
                 except Exception:

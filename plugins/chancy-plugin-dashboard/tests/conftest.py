@@ -42,7 +42,9 @@ def make_dashboard(app: Chancy) -> MakeDashboard:
 
 
 @asynccontextmanager
-async def client_for(asgi: Any, base_url: str = "https://testserver") -> AsyncIterator[httpx.AsyncClient]:
+async def client_for(
+    asgi: Any, base_url: str = "https://testserver"
+) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to ``asgi`` in this event loop (HTTPS: Secure cookies work)."""
     transport = httpx.ASGITransport(app=asgi)
     async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
@@ -56,7 +58,9 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-async def login(client: httpx.AsyncClient, prefix: str = "", password: str = PASSWORD) -> httpx.Response:
+async def login(
+    client: httpx.AsyncClient, prefix: str = "", password: str = PASSWORD
+) -> httpx.Response:
     """Sign in with the password form; returns the answer to the form."""
     page = await client.get(f"{prefix}/login")
     assert page.status_code == 200

@@ -114,7 +114,9 @@ async def test_jobs_filter_by_queue_state_function_and_time(
 
 
 async def test_jobs_pages_by_keyset_cursor(app: Chancy, signed_in: httpx.AsyncClient) -> None:
-    pushed = await app.push_many([Job(func="myapp.tasks.many", kwargs={"i": i}) for i in range(120)])
+    pushed = await app.push_many(
+        [Job(func="myapp.tasks.many", kwargs={"i": i}) for i in range(120)]
+    )
     seen: list[str] = []
     path = "/jobs?func=myapp.tasks.many"
     for _ in range(5):
@@ -183,7 +185,9 @@ async def test_cancel_a_running_job(
 
 
 async def test_requeue_and_delete_a_waiting_job(app: Chancy, signed_in: httpx.AsyncClient) -> None:
-    ref = await app.push(Job(func="myapp.tasks.send", scheduled_at=datetime.now(UTC) + timedelta(days=1)))
+    ref = await app.push(
+        Job(func="myapp.tasks.send", scheduled_at=datetime.now(UTC) + timedelta(days=1))
+    )
     shown = await post(signed_in, f"/jobs/{ref}/requeue", queue="emails")
     assert "requeued on emails" in shown.text
     moved = await app.get_job(ref)

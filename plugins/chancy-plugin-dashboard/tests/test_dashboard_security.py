@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from chancy_plugin_dashboard import Dashboard, hash_password, security, verify_password
+from chancy_plugin_dashboard import Dashboard, hash_password, verify_password
 from conftest import PASSWORD, PASSWORD_HASH, SECRET, MakeDashboard, client_for, csrf_of, login
 from itsdangerous import URLSafeTimedSerializer
 from starlette.applications import Starlette
@@ -29,7 +30,7 @@ async def a_job(app: Chancy, **kwargs: Any) -> str:
     return ref.identifier
 
 
-# --- authentication ---------------------------------------------------------------------------
+# --- authentication -------------------------------------------------------------------------------
 
 
 async def test_nothing_is_served_without_signing_in(
@@ -63,13 +64,13 @@ async def test_the_password_is_checked_and_stored_hashed(
     assert PASSWORD not in PASSWORD_HASH and PASSWORD_HASH.startswith("scrypt$")
     assert hash_password(PASSWORD) != PASSWORD_HASH  # salted
     compared: list[tuple[bytes, bytes]] = []
-    real = security.hmac.compare_digest
+    real = hmac.compare_digest
 
-    def spy(a: Any, b: Any) -> bool:
+    def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(security.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     assert verify_password(PASSWORD, PASSWORD_HASH)
     assert not verify_password(PASSWORD + " ", PASSWORD_HASH)
     assert len(compared) == 2  # derived keys compared in constant time, never with ==
@@ -117,7 +118,7 @@ async def test_a_redirect_after_login_never_leaves_the_dashboard(
             await client.post("/logout", data={"csrf": csrf_of((await client.get("/")).text)})
 
 
-# --- the session cookie -------------------------------------------------------------------------
+# --- the session cookie ---------------------------------------------------------------------------
 
 
 def cookie_header(answer: httpx.Response) -> str:
@@ -190,7 +191,9 @@ async def test_a_post_without_the_csrf_token_is_refused(
 
     other = URLSafeTimedSerializer(SECRET, salt="chancy-dashboard")
     signed_in.cookies.set("chancy_dashboard", other.dumps({"c": "y" * 43, "u": "admin", "f": []}))
-    assert (await signed_in.post(path, data={"csrf": token})).status_code == 403  # another session's
+    assert (
+        await signed_in.post(path, data={"csrf": token})
+    ).status_code == 403  # another session's
 
     signed_in.cookies.clear()
     assert (await login(signed_in)).status_code == 303
@@ -228,7 +231,7 @@ async def test_a_form_too_large_is_refused(app: Chancy, signed_in: httpx.AsyncCl
     assert answer.status_code == 413
 
 
-# --- read-only --------------------------------------------------------------------------------------
+# --- read-only ------------------------------------------------------------------------------------
 
 
 async def test_read_only_shows_everything_and_changes_nothing(
@@ -250,7 +253,7 @@ async def test_read_only_shows_everything_and_changes_nothing(
     assert (await app.get_queue("default")).state.value == "active"  # type: ignore[union-attr]
 
 
-# --- escaping and errors ------------------------------------------------------------------------------
+# --- escaping and errors --------------------------------------------------------------------------
 
 PAYLOAD = "<script>alert('x')</script><img src=x onerror=alert(1)>"
 
@@ -263,9 +266,7 @@ async def test_user_controlled_text_is_escaped(app: Chancy, signed_in: httpx.Asy
     assert "&lt;script&gt;alert(" in page.text
     # A message echoing form input is escaped too.
     token = csrf_of(page.text)
-    answer = await signed_in.post(
-        f"/jobs/{job_id}/requeue", data={"csrf": token, "queue": PAYLOAD}
-    )
+    answer = await signed_in.post(f"/jobs/{job_id}/requeue", data={"csrf": token, "queue": PAYLOAD})
     assert answer.status_code == 303
     shown = await signed_in.get(answer.headers["location"])
     assert "<script>alert" not in shown.text and "&lt;script&gt;" in shown.text
@@ -285,7 +286,9 @@ async def test_every_answer_forbids_inline_scripts_and_framing(
 
 
 async def test_an_error_shows_a_reference_and_no_internals(
-    app: Chancy, signed_in: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
+    app: Chancy,
+    signed_in: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def broken(ref: object) -> None:
@@ -308,7 +311,7 @@ async def test_an_error_shows_a_reference_and_no_internals(
     assert not_an_id.status_code == 404
 
 
-# --- mounting -------------------------------------------------------------------------------------------
+# --- mounting -------------------------------------------------------------------------------------
 
 
 async def test_mounted_under_a_path_the_cookie_and_links_stay_under_it(
@@ -327,7 +330,9 @@ async def test_mounted_under_a_path_the_cookie_and_links_stay_under_it(
         assert page.status_code == 200
         assert 'href="/admin/jobs/static/style.css"' in page.text
         assert f'action="/admin/jobs/jobs/{job_id}/cancel"' in page.text
-        done = await client.post(f"/admin/jobs/jobs/{job_id}/cancel", data={"csrf": csrf_of(page.text)})
+        done = await client.post(
+            f"/admin/jobs/jobs/{job_id}/cancel", data={"csrf": csrf_of(page.text)}
+        )
         assert done.status_code == 303 and done.headers["location"] == f"/admin/jobs/jobs/{job_id}"
     found = await app.get_job(job_id)
     assert found is not None and found.state is QueuedJob.State.FAILED

@@ -91,7 +91,9 @@ class Dashboard:
         schedule with cron): names, ``@job`` functions or :class:`Job` templates.
     :param title: shown in the header and the page titles.
     :param session_max_age: seconds a login lasts.
-    :param live_interval: seconds between two live updates of a page.
+    :param live_interval: seconds between two live updates of a page (each reads what
+        the page shows again: the overview and queues pages count every job by queue
+        and state, so keep it a few seconds on a large table).
     :param events_max_seconds: an event stream ends after this long (the browser
         reconnects), so a server can shut down without waiting for it.
     :param extra_routes: more Starlette routes served behind the same authentication,
@@ -110,7 +112,7 @@ class Dashboard:
         allowed_functions: Iterable[object] = (),
         title: str = "Chancy",
         session_max_age: int = 12 * 3600,
-        live_interval: float = 2.0,
+        live_interval: float = 5.0,
         events_max_seconds: float = 300.0,
         extra_routes: Sequence[BaseRoute] = (),
     ) -> None:

@@ -34,11 +34,13 @@ def line_chart(
     title: str,
     unit: str = "",
     colours: Mapping[str, int] | None = None,
+    window: tuple[datetime, datetime] | None = None,
 ) -> Markup:
     """An SVG chart of one line per series (``name -> [(time, value), ...]``).
 
     ``colours`` picks a series' colour (``0``-``5``, the stylesheet's ``series-N``);
-    by default series are coloured in order.
+    by default series are coloured in order. ``window`` is the time axis's range
+    (default: from the first point to the last).
     """
     points = [p for values in series.values() for p in values]
     label = escape(title)
@@ -49,6 +51,8 @@ def line_chart(
         ).format(label)
     first = min(t for t, _ in points).astimezone(UTC)
     last = max(t for t, _ in points).astimezone(UTC)
+    if window is not None:
+        first, last = min(first, window[0].astimezone(UTC)), max(last, window[1].astimezone(UTC))
     start, end = first.timestamp(), last.timestamp()
     span = max(end - start, 60.0)
     top = max(max(v for _, v in points), 1e-9)
@@ -84,7 +88,7 @@ def line_chart(
             _WIDTH - _RIGHT, _HEIGHT - 8, last.strftime("%H:%M")
         ),
     ]
-    legend_x = _LEFT + 200
+    legend_x = _LEFT + 8 * len(title) + 24
     for n, (name, values) in enumerate(series.items()):
         i = (colours or {}).get(name, n)
         ordered = sorted(values)
@@ -118,16 +122,21 @@ def _per_minute(
     return {name: sorted(points.items()) for name, points in sorted(sums.items())}
 
 
-def outcome_chart(rows: Sequence[Any], *, title: str) -> Markup:
+def outcome_chart(
+    rows: Sequence[Any], *, title: str, window: tuple[datetime, datetime] | None = None
+) -> Markup:
     """Attempts per minute, one line per outcome (``HistoryRow`` rows)."""
     return line_chart(
         _per_minute(rows, lambda r: r.outcome, lambda r: float(r.jobs)),
         title=title,
         colours=_OUTCOME_COLOURS,
+        window=window,
     )
 
 
-def failure_rate_chart(rows: Sequence[Any], *, title: str) -> Markup:
+def failure_rate_chart(
+    rows: Sequence[Any], *, title: str, window: tuple[datetime, datetime] | None = None
+) -> Markup:
     """The share of attempts per minute that failed or will be retried, in percent."""
     total: dict[datetime, float] = defaultdict(float)
     failed: dict[datetime, float] = defaultdict(float)
@@ -137,11 +146,21 @@ def failure_rate_chart(rows: Sequence[Any], *, title: str) -> Markup:
             failed[row.bucket] += row.jobs
     points = [(t, 100.0 * failed[t] / n) for t, n in sorted(total.items()) if n]
     return line_chart(
-        {"failed %": points} if points else {}, title=title, unit="%", colours={"failed %": 1}
+        {"failed %": points} if points else {},
+        title=title,
+        unit="%",
+        colours={"failed %": 1},
+        window=window,
     )
 
 
-def timing_chart(rows: Sequence[Any], kind: str, *, title: str) -> Markup:
+def timing_chart(
+    rows: Sequence[Any],
+    kind: str,
+    *,
+    title: str,
+    window: tuple[datetime, datetime] | None = None,
+) -> Markup:
     """The mean ``run`` or ``wait`` time per minute, in seconds."""
     sums: dict[datetime, float] = defaultdict(float)
     counts: dict[datetime, int] = defaultdict(int)
@@ -149,4 +168,4 @@ def timing_chart(rows: Sequence[Any], kind: str, *, title: str) -> Markup:
         sums[row.bucket] += getattr(row, f"{kind}_seconds_sum")
         counts[row.bucket] += row.jobs
     points = [(t, sums[t] / counts[t]) for t in sorted(sums) if counts[t]]
-    return line_chart({f"{kind} s": points} if points else {}, title=title, unit="s")
+    return line_chart({f"{kind} s": points} if points else {}, title=title, unit="s", window=window)

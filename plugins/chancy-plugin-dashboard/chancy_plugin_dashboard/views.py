@@ -175,8 +175,11 @@ class Views:
             "throughput": None,
         }
         if self.dash.installed["metrics"]:
-            rows = await _metrics_history(self.app, datetime.now(UTC) - timedelta(hours=1))
-            context["throughput"] = charts.outcome_chart(rows, title="Jobs per minute, last hour")
+            now = datetime.now(UTC)
+            rows = await _metrics_history(self.app, now - timedelta(hours=1))
+            context["throughput"] = charts.outcome_chart(
+                rows, title="Attempts per minute, last hour", window=(now - timedelta(hours=1), now)
+            )
         return context
 
     async def overview(self, request: Request) -> Response:
@@ -552,9 +555,11 @@ class Views:
         if window not in hours:
             window = "1h"
         queue = request.query_params.get("queue") or None
-        since = datetime.now(UTC) - timedelta(hours=hours[window])
+        now = datetime.now(UTC)
+        since = now - timedelta(hours=hours[window])
         rows = await _metrics_history(self.app, since, queue=queue)
-        queues = sorted({row.queue for row in rows})
+        span = (since, now)
+        queues = [q.name for q in await self.app.get_all_queues()]
         return self.dash.render(
             request,
             "charts.html",
@@ -562,10 +567,10 @@ class Views:
             windows=list(hours),
             queue=queue,
             queues=queues,
-            outcomes=charts.outcome_chart(rows, title="Attempts per minute, by outcome"),
-            failure_rate=charts.failure_rate_chart(rows, title="Failure rate per minute"),
-            run_time=charts.timing_chart(rows, "run", title="Mean run time per minute"),
-            wait_time=charts.timing_chart(rows, "wait", title="Mean wait time per minute"),
+            outcomes=charts.outcome_chart(rows, title="Attempts per minute", window=span),
+            failure_rate=charts.failure_rate_chart(rows, title="Failure rate", window=span),
+            run_time=charts.timing_chart(rows, "run", title="Mean run time", window=span),
+            wait_time=charts.timing_chart(rows, "wait", title="Mean wait time", window=span),
             empty=not rows,
         )
 

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,12 @@ import httpx
 import psycopg
 import pytest
 from chancy_plugin_dashboard import hash_password
+from e2e_helpers import CHROMIUM, HERE, PASSWORD, World
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from psycopg import sql
 
 from chancy_core import Chancy, Queue
 from chancy_core.testing import dsn_for_database
-
-HERE = Path(__file__).parent
-ROOT = HERE.parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM = os.environ.get("CHANCY_E2E_CHROMIUM", "/usr/bin/chromium")
-PASSWORD = secrets.token_urlsafe(12)
-
-
-@dataclass
-class World:
-    """What the tests talk to."""
-
-    base_url: str
-    dsn: str
-    app: Chancy
-    tmp: Path
 
 
 def _free_port() -> int:
@@ -194,9 +178,3 @@ def page(context: BrowserContext) -> Iterator[Page]:
     yield tab
     tab.close()
     assert not errors, f"the page's scripts failed: {errors}"
-
-
-def screenshot(page: Page, name: str) -> None:
-    """Save the page under docs/screenshots/."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)

@@ -10,7 +10,7 @@ import time
 
 import e2e_jobs
 import pytest
-from conftest import PASSWORD, World, screenshot
+from e2e_helpers import PASSWORD, World, screenshot
 from playwright.sync_api import Page, expect
 
 from chancy_core import Job, QueuedJob

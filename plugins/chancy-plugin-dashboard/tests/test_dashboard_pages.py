@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import MakeDashboard, client_for, csrf_of, login
+from dashboard_helpers import MakeDashboard, client_for, csrf_of, login
 
 from chancy_core import Chancy, Job, QueuedJob, Worker
 

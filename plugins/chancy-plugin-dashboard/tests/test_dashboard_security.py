@@ -11,7 +11,15 @@ import anyio
 import httpx
 import pytest
 from chancy_plugin_dashboard import Dashboard, hash_password, verify_password
-from conftest import PASSWORD, PASSWORD_HASH, SECRET, MakeDashboard, client_for, csrf_of, login
+from dashboard_helpers import (
+    PASSWORD,
+    PASSWORD_HASH,
+    SECRET,
+    MakeDashboard,
+    client_for,
+    csrf_of,
+    login,
+)
 from itsdangerous import URLSafeTimedSerializer
 from starlette.applications import Starlette
 from starlette.requests import Request

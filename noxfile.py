@@ -21,11 +21,12 @@ def plugin_path(name: str) -> str:
     return str(ROOT / "plugins" / name)
 
 
-def plugin_with_tests(name: str) -> str:
-    """The plugin's path, with its `test` extra when it declares one (its tests' needs)."""
+def plugin_with_tests(name: str, wanted: tuple[str, ...] = ("test",)) -> str:
+    """The plugin's path, with those of the `wanted` extras it declares (its tests' needs:
+    `test` for its tests, `e2e` for its browser tests)."""
     project = tomllib.loads((ROOT / "plugins" / name / "pyproject.toml").read_text())["project"]
-    extras = project.get("optional-dependencies", {})
-    return plugin_path(name) + ("[test]" if "test" in extras else "")
+    extras = [e for e in wanted if e in project.get("optional-dependencies", {})]
+    return plugin_path(name) + (f"[{','.join(extras)}]" if extras else "")
 
 
 @nox.session(python=PYTHON, tags=["test"])
@@ -39,7 +40,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the core and every plugin."""
-    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_with_tests(p)}" for p in PLUGINS])
+    session.install(
+        "-e", ".[dev,embedded]", *[f"-e{plugin_with_tests(p, ('test', 'e2e'))}" for p in PLUGINS]
+    )
     session.run("mypy")
     for plugin in PLUGINS:
         session.run("mypy", "--config-file", "pyproject.toml", plugin_path(plugin))

@@ -24,12 +24,12 @@ import httpx
 import psycopg
 import pytest
 from chancy_plugin_dashboard import hash_password
-from e2e_helpers import CHROMIUM, HERE, PASSWORD, World
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from psycopg import sql
 
 from chancy_core import Chancy, Queue
 from chancy_core.testing import dsn_for_database
+from e2e.e2e_helpers import CHROMIUM, HERE, PASSWORD, World
 
 
 def _free_port() -> int:
@@ -109,13 +109,13 @@ def world(
     port = _free_port()
     with worker_log.open("w") as wlog, dashboard_log.open("w") as dlog:
         worker = subprocess.Popen(
-            [*cli, "worker", "start", "--import", "e2e_jobs", "--worker-id", "e2e-worker",
+            [*cli, "worker", "start", "--import", "e2e.e2e_jobs", "--worker-id", "e2e-worker",
              "--shutdown-timeout", "3"],
-            cwd=HERE, env=env, stdout=wlog, stderr=subprocess.STDOUT,
+            cwd=HERE.parent, env=env, stdout=wlog, stderr=subprocess.STDOUT,
         )  # fmt: skip
         dashboard = subprocess.Popen(
-            [*cli, "dashboard", "--app", "e2e_app:dashboard", "--port", str(port)],
-            cwd=HERE, env=env, stdout=dlog, stderr=subprocess.STDOUT,
+            [*cli, "dashboard", "--app", "e2e.e2e_app:dashboard", "--port", str(port)],
+            cwd=HERE.parent, env=env, stdout=dlog, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -1,4 +1,4 @@
-"""The dashboard the browser tests serve: `chancy dashboard --app e2e_app:dashboard`.
+"""The dashboard the browser tests serve: `chancy dashboard --app e2e.e2e_app:dashboard`.
 
 Configured from the environment the test harness sets (its DSN and password hash).
 """
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 
-import e2e_jobs
 from chancy_plugin_dashboard import Dashboard
 
 from chancy_core import Chancy, Job
+from e2e import e2e_jobs
 
 dashboard = Dashboard(
     Chancy(os.environ["CHANCY_DSN"]),

@@ -1,4 +1,4 @@
-"""The jobs the browser tests' worker runs (it imports this module: `--import e2e_jobs`)."""
+"""The jobs the browser tests' worker runs (it imports this module: `--import e2e.e2e_jobs`)."""
 
 from __future__ import annotations
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 import time
 
-import e2e_jobs
 import pytest
-from e2e_helpers import PASSWORD, World, screenshot
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from chancy_core import Job, QueuedJob
+from e2e import e2e_jobs
+from e2e.e2e_helpers import PASSWORD, World, screenshot
 
 pytestmark = [pytest.mark.db]
 
@@ -94,7 +94,12 @@ def test_pause_a_queue_and_the_worker_stops_taking_its_jobs(page: Page, world: W
 
 def test_a_script_payload_stays_inert(page: Page, world: World) -> None:
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def record(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", record)
     payload = (
         "<script>window.__pwned = 1; alert('xss')</script>"
         "<img src=x onerror=\"window.__pwned = 2; alert('img')\">"
@@ -141,7 +146,7 @@ def test_bulk_retry_asks_for_confirmation(page: Page, world: World) -> None:
     )
     for ref in refs:
         wait_state(world, ref.identifier, "failed")
-    page.goto("/jobs?state=failed&func=e2e_jobs.broken")
+    page.goto("/jobs?state=failed&func=e2e.e2e_jobs.broken")
     expect(page.locator("table.jobs tbody tr")).to_have_count(3)
     page.get_by_role("button", name=re.compile("Retry every failed job")).click()
     expect(page.locator(".question")).to_contain_text("Retry 3 failed job(s)")
@@ -159,7 +164,7 @@ def test_bulk_retry_asks_for_confirmation(page: Page, world: World) -> None:
 
 def test_push_a_job_for_an_allowed_function(page: Page, world: World) -> None:
     page.goto("/push")
-    page.select_option("select[name=func]", "e2e_jobs.quick")
+    page.select_option("select[name=func]", "e2e.e2e_jobs.quick")
     page.fill("textarea[name=kwargs]", '{"n": 21}')
     screenshot(page, "push")
     page.get_by_role("button", name="Push").click()
@@ -173,7 +178,7 @@ def test_cron_schedules_add_and_run_now(page: Page, world: World) -> None:
     page.fill("input[name=name]", "nightly-report")
     page.fill("input[name=cron]", "0 3 * * *")
     page.fill("input[name=timezone]", "Europe/Paris")
-    page.select_option("select[name=func]", "e2e_jobs.render")
+    page.select_option("select[name=func]", "e2e.e2e_jobs.render")
     page.fill("textarea[name=kwargs]", '{"html": "nightly"}')
     page.get_by_role("button", name="Save schedule").click()
     expect(page.locator(".flash")).to_contain_text("schedule nightly-report saved")
@@ -181,7 +186,7 @@ def test_cron_schedules_add_and_run_now(page: Page, world: World) -> None:
     expect(row).to_contain_text("Europe/Paris")
     row.get_by_role("button", name="Run now").click()
     expect(page.locator(".flash")).to_contain_text("pushed job")
-    (job,) = world.app.sync_list_jobs(func="e2e_jobs.render", queue="reports").jobs
+    (job,) = world.app.sync_list_jobs(func="e2e.e2e_jobs.render", queue="reports").jobs
     assert job.kwargs == {"html": "nightly"}
 
 
@@ -190,7 +195,7 @@ def test_every_page_opens(page: Page, world: World) -> None:
         Job.from_func(e2e_jobs.sleepy, kwargs={"seconds": 30}, queue="slow")
     )
     wait_state(world, running.identifier, "running")
-    failed = world.app.sync_list_jobs(state="failed", func="e2e_jobs.broken", limit=1).jobs[0]
+    failed = world.app.sync_list_jobs(state="failed", func="e2e.e2e_jobs.broken", limit=1).jobs[0]
     pages = [
         ("/", "overview", "Overview"),
         ("/jobs", "jobs", "Jobs"),

@@ -150,6 +150,8 @@ class Session:
 
     def flash(self, text: str, level: str = "info") -> None:
         """Show ``text`` on the next page (``level``: ``info`` or ``error``)."""
+        if len(text) > 500:  # the cookie must stay small: a message may echo user input
+            text = text[:500] + "…"
         self.flashes.append((level, text))
         self.dirty = True
 
@@ -289,7 +291,10 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request behind the checks."""
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # none is served: refuse before anything runs
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
         session = self._session(scope)

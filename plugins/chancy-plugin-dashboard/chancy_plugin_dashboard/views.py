@@ -398,10 +398,20 @@ class Views:
         if action in ("pause", "resume"):
 
             async def run() -> str:
-                method = self.app.pause_queue if action == "pause" else self.app.resume_queue
-                if not await method(name):
+                if action == "resume":
+                    if not await self.app.resume_queue(name):
+                        raise ChancyError(f"no queue named {name!r} is declared")
+                    return f"queue {name} resumed"
+                minutes = form.get("minutes", "").strip()
+                until = None
+                if minutes:
+                    count = _int(minutes, "minutes")
+                    if count < 1:
+                        raise ChancyError("pause for at least one minute (or leave it empty)")
+                    until = datetime.now(UTC) + timedelta(minutes=count)
+                if not await self.app.pause_queue(name, resume_at=until):
                     raise ChancyError(f"no queue named {name!r} is declared")
-                return f"queue {name} {'paused' if action == 'pause' else 'resumed'}"
+                return f"queue {name} paused" + (f" until {_when(until)}" if until else "")
 
         elif action == "update":
 

@@ -232,6 +232,13 @@ async def test_pause_resume_and_change_a_queue(
         await post(signed_in, "/queues/default/resume")
         await wait_for_state(app, ref.identifier, QueuedJob.State.SUCCEEDED)
 
+    shown = await post(signed_in, "/queues/emails/pause", minutes="30")
+    assert "queue emails paused until " in shown.text
+    (stats,) = [s for s in await app.queue_stats() if s.name == "emails"]
+    assert stats.resume_at is not None
+    assert timedelta(minutes=29) < stats.resume_at - datetime.now(UTC) <= timedelta(minutes=30)
+    assert "until " in (await signed_in.get("/queues")).text
+    await post(signed_in, "/queues/emails/resume")
     shown = await post(signed_in, "/queues/emails/update", concurrency="7")
     assert "concurrency 7" in shown.text
     shown = await post(signed_in, "/queues/emails/update", rate_limit="10", rate_limit_window="60")

@@ -230,6 +230,20 @@ async def test_no_state_changes_on_get(app: Chancy, signed_in: httpx.AsyncClient
     assert (await signed_in.get("/workers")).status_code == 200  # still signed in
 
 
+async def test_websockets_are_refused_before_anything_runs(make_dashboard: MakeDashboard) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/events", "root_path": "", "headers": []}
+    await make_dashboard()(scope, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
 async def test_a_form_too_large_is_refused(app: Chancy, signed_in: httpx.AsyncClient) -> None:
     job_id = await a_job(app)
     token = csrf_of((await signed_in.get(f"/jobs/{job_id}")).text)

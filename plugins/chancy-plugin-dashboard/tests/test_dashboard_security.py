@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
@@ -231,12 +232,12 @@ async def test_no_state_changes_on_get(app: Chancy, signed_in: httpx.AsyncClient
 
 
 async def test_websockets_are_refused_before_anything_runs(make_dashboard: MakeDashboard) -> None:
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         return {"type": "websocket.connect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {"type": "websocket", "path": "/events", "root_path": "", "headers": []}

@@ -204,6 +204,15 @@ class Views:
         }
 
     @staticmethod
+    def _raw(request: Request, filters: dict[str, Any]) -> dict[str, str]:
+        """The filter form's values (times as a datetime-local input wants them, in UTC)."""
+        raw = {k: request.query_params.get(k, "") for k in ("queue", "func", "since", "until")}
+        for key in ("since", "until"):
+            if isinstance(filters.get(key), datetime):
+                raw[key] = filters[key].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return raw
+
+    @staticmethod
     def _query(filters: dict[str, Any], **extra: Any) -> str:
         pairs: list[tuple[str, str]] = []
         for key, value in filters.items():
@@ -237,7 +246,7 @@ class Views:
             request,
             "jobs.html",
             filters=filters,
-            raw={k: request.query_params.get(k, "") for k in ("queue", "func", "since", "until")},
+            raw=self._raw(request, filters),
             states=STATES,
             page=page,
             error=error,

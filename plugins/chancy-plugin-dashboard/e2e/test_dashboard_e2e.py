@@ -220,6 +220,6 @@ def test_every_page_opens(page: Page, world: World) -> None:
                 page.wait_for_timeout(1000)
                 page.reload()
         if name == "workers":
-            expect(page.locator("main")).to_contain_text(running.identifier[:8])
+            expect(page.locator("main")).to_contain_text(running.identifier[-12:])
         screenshot(page, name)
     world.app.sync_cancel_job(running)

@@ -179,8 +179,14 @@ class Dashboard:
         ]
         router = Router(routes=routes, lifespan=self._lifespan)
         handled = ExceptionMiddleware(router, handlers={HTTPException: self._http_error})
+
+        async def opened(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":  # behind the guard: anonymous requests open nothing
+                await self.ensure_open()
+            await handled(scope, receive, send)
+
         self._app = Guard(
-            handled,
+            opened,
             GuardConfig(
                 secret_key=key,
                 auth=auth,
@@ -196,8 +202,6 @@ class Dashboard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection."""
-        if scope["type"] == "http":
-            await self.ensure_open()
         await self._app(scope, receive, send)
 
     async def ensure_open(self) -> None:

@@ -359,3 +359,18 @@ async def test_mounted_under_a_path_the_cookie_and_links_stay_under_it(
         assert done.status_code == 303 and done.headers["location"] == f"/admin/jobs/jobs/{job_id}"
     found = await app.get_job(job_id)
     assert found is not None and found.state is QueuedJob.State.FAILED
+
+
+async def test_an_unreachable_database_gets_the_generic_error_page(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    down = Chancy("postgresql://nobody:secret-pw@127.0.0.1:1/nowhere", connect_timeout=2)
+    dashboard = Dashboard(down, password_hash=PASSWORD_HASH, secret_key=SECRET)
+    async with client_for(dashboard) as client:
+        anonymous = await client.get("/jobs")
+        assert anonymous.status_code == 303  # refused before the database is touched
+        with caplog.at_level(logging.ERROR, logger="chancy_plugin_dashboard"):
+            page = await client.get("/login")
+        assert page.status_code == 500 and "reference" in page.text
+        assert "secret-pw" not in page.text and "nowhere" not in page.text
+    assert any(r.exc_info for r in caplog.records)

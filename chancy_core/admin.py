@@ -31,8 +31,11 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import inspect
+import sys
 import uuid
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -45,11 +48,12 @@ from psycopg.types.json import Jsonb
 from chancy_core import sql as q
 from chancy_core.errors import (
     ConfigurationError,
+    InvalidJobError,
     JobNotFoundError,
     JobStateError,
     QueueNotFoundError,
 )
-from chancy_core.job import QueuedJob, Reference, check_queue_name
+from chancy_core.job import Job, QueuedJob, Reference, check_queue_name, registered_jobs
 from chancy_core.queue import Queue
 
 __all__ = [
@@ -615,21 +619,28 @@ def cancel_jobs_op(schema: q.Schema, flt: JobFilter) -> Operation:
         ),
         params,
     )
-    if not rows:
-        return 0
-    done = yield (
-        schema.render(q.CANCEL_JOBS),
-        {"ids": [r[0] for r in rows], "channel": schema.channel},
-    )
-    return int(done[0][0]) + int(done[0][1]) if done else 0
+    ids = [r[0] for r in rows]
+    cancelled = 0
+    for start in range(0, len(ids), 100):  # 100 ids per notification (8000-byte payloads)
+        done = yield (
+            schema.render(q.CANCEL_JOBS),
+            {"ids": ids[start : start + 100], "channel": schema.channel},
+        )
+        cancelled += int(done[0][0]) + int(done[0][1]) if done else 0
+    return cancelled
 
 
 _BULK_DELETE: LiteralString = """
 WITH deleted AS (
     DELETE FROM {jobs} AS j WHERE {conds} AND j.state <> 'running' RETURNING j.id
 ), notified AS (
+    -- 100 ids per notification: a payload must stay under 8000 bytes.
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
-    FROM (SELECT array_agg(id) AS ids FROM deleted HAVING count(*) > 0) AS d
+    FROM (
+        SELECT array_agg(id) AS ids
+        FROM (SELECT id, (row_number() OVER ()) / 100 AS chunk FROM deleted) AS numbered
+        GROUP BY chunk
+    ) AS d
 )
 SELECT (SELECT count(*) FROM deleted), notified.count FROM notified
 """
@@ -769,3 +780,85 @@ def queue_exists_op(schema: q.Schema, names: Sequence[str]) -> Operation:
         {"names": list(names)},
     )
     return {r[0] for r in rows}
+
+
+# --- guard rails on push -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """What a function accepts, for a fast check of each job's kwargs."""
+
+    names: frozenset[str]
+    required: frozenset[str]
+    any_keyword: bool
+    signature: str
+
+
+_params_cache: dict[Any, _Params | None] = {}
+
+
+def _params_of(func: Any) -> _Params | None:
+    try:
+        return _params_cache[func]
+    except (KeyError, TypeError):
+        pass
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        found = None
+    else:
+        kinds = inspect.Parameter
+        usable = [
+            p
+            for p in signature.parameters.values()
+            if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+            and p.name != "job_context"
+        ]
+        found = _Params(
+            names=frozenset(p.name for p in usable),
+            required=frozenset(p.name for p in usable if p.default is kinds.empty),
+            any_keyword=any(p.kind is kinds.VAR_KEYWORD for p in signature.parameters.values()),
+            signature=str(signature),
+        )
+    with contextlib.suppress(TypeError):  # an unhashable callable: not cached
+        _params_cache[func] = found
+    return found
+
+
+def known_function(name: str) -> Any:
+    """The function a job names, if it is registered with ``@job`` or its module is already
+    imported (push never imports a module: that could run code); else ``None``."""
+    found = registered_jobs.get(name)
+    if found is not None:
+        return found
+    module, _, attribute = name.rpartition(".")
+    loaded = sys.modules.get(module)
+    return getattr(loaded, attribute, None) if loaded is not None else None
+
+
+def check_signatures(jobs: Sequence[Job]) -> None:
+    """Raise :class:`InvalidJobError` for a job whose kwargs its (known) function cannot
+    take, naming the missing or unexpected argument."""
+    seen: dict[str, _Params | None] = {}
+    for job in jobs:
+        try:
+            params = seen[job.func]
+        except KeyError:
+            func = known_function(job.func)
+            params = seen[job.func] = _params_of(func) if callable(func) else None
+        if params is None:
+            continue
+        given = set(job.kwargs or ())
+        missing = sorted(params.required - given)
+        unexpected = [] if params.any_keyword else sorted(given - params.names)
+        if missing or unexpected:
+            problems = []
+            if missing:
+                problems.append(f"missing {', '.join(map(repr, missing))}")
+            if unexpected:
+                problems.append(f"unexpected {', '.join(map(repr, unexpected))}")
+            raise InvalidJobError(
+                f"kwargs of job {job.func} do not fit its signature {job.func.rpartition('.')[2]}"
+                f"{params.signature}: {' and '.join(problems)}"
+            )

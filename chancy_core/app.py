@@ -37,6 +37,7 @@ from chancy_core.errors import (
     DatabaseUnavailableError,
     InvalidJobError,
     JobNotFoundError,
+    QueueNotFoundError,
     SchemaMissingError,
 )
 from chancy_core.job import (
@@ -505,6 +506,7 @@ class Chancy:
         return result
 
     def _push_op(self, jobs: list[Job]) -> Operation:
+        yield from self._guard_push(jobs)
         ids = [uuid7() for _ in jobs]
         params: dict[str, Any] = {
             "ids": ids,
@@ -1075,6 +1077,7 @@ class Chancy:
         (they wait until the queue is declared again)."""
         op = admin.delete_queue_op(self.schema, name, purge_jobs=purge_jobs, keep_jobs=keep_jobs)
         deleted: bool = await self.execute(op, transaction=True)
+        self.__dict__.get("_declared_queues", set()).discard(name)
         return deleted
 
     def sync_delete_queue(
@@ -1083,6 +1086,7 @@ class Chancy:
         """Sync twin of :meth:`delete_queue`."""
         op = admin.delete_queue_op(self.schema, name, purge_jobs=purge_jobs, keep_jobs=keep_jobs)
         deleted: bool = self.sync_execute(op, transaction=True)
+        self.__dict__.get("_declared_queues", set()).discard(name)
         return deleted
 
     async def update_queue(self, name: str, /, **changes: Any) -> Queue:
@@ -1100,6 +1104,35 @@ class Chancy:
             admin.update_queue_op(self.schema, name, changes), transaction=True
         )
         return queue
+
+    require_declared_queues: bool = True
+    """Whether pushing to a queue that is not declared fails (QueueNotFoundError). Set it
+    to ``False`` on an app to let such jobs wait until the queue is declared."""
+
+    check_kwargs_on_push: bool = True
+    """Whether push checks each job's kwargs against its function's signature when the
+    function is known (registered with ``@job`` or in a module already imported)."""
+
+    def _guard_push(self, jobs: list[Job]) -> Generator[Step, Rows, None]:
+        """Refuse jobs whose kwargs their (known) function cannot take, and jobs for
+        queues nobody declared (one query per batch for names not seen declared yet)."""
+        if self.check_kwargs_on_push:
+            admin.check_signatures(jobs)
+        if not self.require_declared_queues:
+            return
+        known: set[str] = self.__dict__.setdefault("_declared_queues", set())
+        wanted = {job.queue for job in jobs} - known
+        if not wanted:
+            return
+        found: set[str] = yield from admin.queue_exists_op(self.schema, sorted(wanted))
+        known |= found
+        missing = sorted(wanted - found)
+        if missing:
+            raise QueueNotFoundError(
+                f"queue {', '.join(map(repr, missing))} is not declared, so no worker would"
+                " run the job: declare it first (`await chancy.declare(Queue(name))` or"
+                f" `chancy queue declare {missing[0]}`)"
+            )
 
     # --- end of operating ------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ import psycopg
 import pytest
 import test_worker_support as s
 
-from chancy_core import Chancy, JobPage, Queue, QueuedJob
+from chancy_core import Chancy, Job, JobPage, Queue, QueuedJob
 from chancy_core.admin import JobFilter, list_jobs_statement
 from chancy_core.errors import (
     ConfigurationError,
+    InvalidJobError,
     JobNotFoundError,
     JobStateError,
     QueueNotFoundError,
@@ -429,3 +430,40 @@ def test_sync_twins_do_what_the_async_methods_do(database):
         assert chancy.sync_delete_queue("q") is True
         with pytest.raises(TimeoutError):
             chancy.sync_wait_for_jobs([chancy.sync_push(s.make_job(s.noop, "q"))], timeout=0.2)
+
+
+# --- guard rails on push ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_push_to_an_undeclared_queue_fails_clearly_and_pushes_nothing(chancy):
+    chancy.require_declared_queues = True  # the default (tests/conftest.py turns it off)
+    with pytest.raises(QueueNotFoundError, match=r"queue 'nowhere' is not declared.*declare it"):
+        await chancy.push_many([s.make_job(s.noop, "nowhere"), s.make_job(s.noop, "nowhere")])
+    assert (await chancy.list_jobs()).jobs == []
+    await chancy.declare(Queue("nowhere"))
+    assert await chancy.push(s.make_job(s.noop, "nowhere"))
+    # Deleting the queue forgets it: pushing to it fails again.
+    assert await chancy.delete_queue("nowhere", purge_jobs=True)
+    with pytest.raises(QueueNotFoundError):
+        await chancy.push(s.make_job(s.noop, "nowhere"))
+
+
+def test_sync_push_in_a_transaction_to_an_undeclared_queue_fails(database):
+    with Chancy(database) as chancy, psycopg.connect(database) as conn:
+        chancy.require_declared_queues = True
+        with pytest.raises(QueueNotFoundError, match="'elsewhere' is not declared"):
+            chancy.sync_push_many_ex(conn, [s.make_job(s.noop, "elsewhere")])
+
+
+@pytest.mark.anyio
+async def test_push_checks_kwargs_against_a_known_function(chancy):
+    with pytest.raises(InvalidJobError, match=r"sync_add\(a: 'int', b: 'int'\).*missing 'b'"):
+        await chancy.push(s.make_job(s.sync_add, "q", a=1))
+    with pytest.raises(InvalidJobError, match="unexpected 'too'"):
+        await chancy.push(s.make_job(s.sync_add, "q", a=1, b=2, too=3))
+    # job_context is given by the worker, not by the pusher; defaults may be left out.
+    assert await chancy.push(s.make_job(s.fail_until, "q", attempt=2))
+    # A function push cannot see (module not imported) is not checked: the worker is.
+    assert await chancy.push(Job(func="not_imported_module.anything", kwargs={"x": 1}))
+    assert (await chancy.list_jobs()).jobs[0].func == "not_imported_module.anything"

@@ -36,12 +36,14 @@ def test_unknown_command_is_a_usage_error(capsys):
 def test_queue_and_job_commands_round_trip(database, capsys):
     dsn = ["--dsn", database]
     assert run(capsys, *dsn, "migrate")[0] == 0
-    status, out, _ = run(capsys, *dsn, "queue", "declare", "emails", "--concurrency", "4")
-    assert (status, out.strip()) == (0, "declared queue emails")
+    status, out, err = run(capsys, *dsn, "queue", "declare", "emails", "--concurrency", "4")
+    assert (status, out.strip()) == (0, "declared queue emails (active, async, concurrency 4)")
+    assert err.startswith("chancy: using database ")
     status, out, _ = run(capsys, *dsn, "queue", "pause", "emails")
     assert (status, out.strip()) == (0, "paused queue emails")
-    status, out, _ = run(capsys, *dsn, "queue", "list")
-    assert out.split() == ["emails", "paused", "async", "concurrency=4"]
+    status, out, _ = run(capsys, *dsn, "queue", "list", "--json")
+    (queue,) = json.loads(out)
+    assert (queue["name"], queue["state"], queue["concurrency"]) == ("emails", "paused", 4)
 
     status, out, _ = run(
         capsys,
@@ -58,7 +60,7 @@ def test_queue_and_job_commands_round_trip(database, capsys):
     )
     assert status == 0
     ref = out.strip()
-    status, out, _ = run(capsys, *dsn, "job", "get", ref)
+    status, out, _ = run(capsys, *dsn, "job", "get", ref, "--json")
     found = json.loads(out)
     assert (status, found["func"], found["kwargs"], found["priority"], found["state"]) == (
         0,
@@ -69,7 +71,7 @@ def test_queue_and_job_commands_round_trip(database, capsys):
     )
     assert run(capsys, *dsn, "job", "cancel", ref)[:2] == (0, f"cancelled {ref}\n")
     status, _, err = run(capsys, *dsn, "job", "cancel", ref)
-    assert status == 1 and "is not pending" in err
+    assert status == 1 and f"job {ref} is failed: only a pending" in err
 
 
 def test_bad_input_exits_non_zero_with_a_message(database, capsys):
@@ -79,9 +81,9 @@ def test_bad_input_exits_non_zero_with_a_message(database, capsys):
     status, _, err = run(capsys, *dsn, "job", "push", "not a name")
     assert status == 1 and "invalid func" in err
     status, _, err = run(capsys, *dsn, "queue", "pause", "missing")
-    assert status == 1 and "no queue named 'missing'" in err
+    assert status == 3 and "no queue named 'missing'" in err
     status, _, err = run(capsys, *dsn, "job", "get", "not-a-ref")
-    assert status == 1 and "is not a job reference" in err
+    assert status == 3 and "is not a job reference" in err
 
 
 def test_an_unreachable_database_is_reported_with_the_password_masked(capsys):
@@ -94,3 +96,22 @@ def test_plugins_lists_nothing_when_discovery_is_off(capsys, monkeypatch):
     monkeypatch.setenv("CHANCY_DISABLE_PLUGIN_AUTOLOAD", "1")
     status, out, _ = run(capsys, "plugins")
     assert status == 0 and out.startswith("no plugins installed")
+
+
+def test_no_arguments_prints_the_help_with_the_exit_codes(capsys):
+    status, out, _ = run(capsys)
+    assert status == 0 and "usage: chancy" in out and "exit codes:" in out
+    assert "3    no such job or queue" in out
+
+
+def test_common_options_work_after_the_command_name(database, capsys):
+    status, out, err = run(capsys, "queue", "list", "--dsn", database, "-q", "--json")
+    assert (status, json.loads(out), err) == (0, [], "")
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["job", "list", "--state", "done"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("chancy: error: argument --state")

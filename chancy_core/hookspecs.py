@@ -243,7 +243,8 @@ def chancy_register_commands(subparsers: Any) -> None:
     ``set_defaults(handler=handler)``, where ``async def handler(app, args) -> int``
     gets a connected :class:`Chancy` and returns the exit status. A command that
     needs no connection (it opens its own, or none) sets ``local=func`` instead:
-    ``func(args) -> int`` runs without an event loop and prints its own errors.
+    ``func(args, plugin_manager) -> int`` runs without an event loop (a
+    ``ChancyError`` it raises is printed as for a handler).
 
     Sync only. Runs in the ``chancy`` command.
 

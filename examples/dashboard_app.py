@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from chancy_core import Chancy, job
+from chancy_core import Chancy, Queue, job
 
 chancy = Chancy(os.environ.get("CHANCY_DSN"))
 
@@ -64,6 +64,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Open the chancy app with yours (the dashboard would open it on its first request)."""
     async with chancy:
         await chancy.migrate()
+        await chancy.declare(Queue("emails", concurrency=5))
         yield
 
 

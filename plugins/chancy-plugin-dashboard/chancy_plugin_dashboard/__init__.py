@@ -8,7 +8,8 @@ little plain JavaScript, no build step). Mount it under any path of your own app
     dashboard = Dashboard(chancy, password_hash=HASH, secret_key=KEY)
     app = Starlette(routes=[Mount("/admin/jobs", app=dashboard)])
 
-or serve it alone with ``chancy dashboard --app myproject.admin:dashboard --port 8080``.
+or serve it alone with ``chancy dashboard --app myproject.tasks:chancy --port 8080``
+(password login from the environment) or ``chancy dashboard --dashboard myproject.admin:dashboard``.
 
 Nothing is served without authentication (your ``auth`` callback, or the built-in
 password form), every action is a ``POST`` with a CSRF token, and ``read_only=True``

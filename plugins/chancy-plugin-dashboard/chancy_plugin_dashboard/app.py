@@ -72,7 +72,7 @@ class Dashboard:
         dashboard = Dashboard(chancy, password_hash=HASH, secret_key=KEY)
         app = Starlette(routes=[Mount("/admin/jobs", app=dashboard)])
 
-    or serve it alone with ``chancy dashboard --app myproject.admin:dashboard``.
+    or serve it alone with ``chancy dashboard --dashboard myproject.admin:dashboard``.
     Nothing is served without authentication: give ``auth``, ``password_hash``, or both.
 
     :param chancy: the app whose jobs are shown; opened on the first request if it is

@@ -103,18 +103,18 @@ def world(
         "E2E_SECRET_KEY": secrets.token_urlsafe(32),
         "PYTHONUNBUFFERED": "1",
     }
-    cli = [sys.executable, "-m", "chancy_core.cli", "--dsn", dsn]
+    cli = [sys.executable, "-m", "chancy_core.cli"]
     worker_log = tmp / "worker.log"
     dashboard_log = tmp / "dashboard.log"
     port = _free_port()
     with worker_log.open("w") as wlog, dashboard_log.open("w") as dlog:
         worker = subprocess.Popen(
-            [*cli, "worker", "start", "--import", "e2e.e2e_jobs", "--worker-id", "e2e-worker",
-             "--shutdown-timeout", "3"],
+            [*cli, "--dsn", dsn, "worker", "start", "--import", "e2e.e2e_jobs",
+             "--worker-id", "e2e-worker", "--shutdown-timeout", "3"],
             cwd=HERE.parent, env=env, stdout=wlog, stderr=subprocess.STDOUT,
         )  # fmt: skip
         dashboard = subprocess.Popen(
-            [*cli, "dashboard", "--app", "e2e.e2e_app:dashboard", "--port", str(port)],
+            [*cli, "dashboard", "--dashboard", "e2e.e2e_app:dashboard", "--port", str(port)],
             cwd=HERE.parent, env=env, stdout=dlog, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"

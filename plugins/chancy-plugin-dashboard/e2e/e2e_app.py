@@ -1,4 +1,4 @@
-"""The dashboard the browser tests serve: `chancy dashboard --app e2e.e2e_app:dashboard`.
+"""The dashboard the browser tests serve: `chancy dashboard --dashboard e2e.e2e_app:dashboard`.
 
 Configured from the environment the test harness sets (its DSN and password hash).
 """

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ def test_the_command_comes_from_the_entry_point(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit) as exited:
         main(["dashboard", "--help"])
     assert exited.value.code == 0
-    assert "--app MODULE:ATTR" in capsys.readouterr().out
+    assert "--dashboard MODULE:ATTRIBUTE" in capsys.readouterr().out
 
 
 def test_hash_password_prints_a_hash_of_stdin(
@@ -36,30 +37,55 @@ def test_hash_password_prints_a_hash_of_stdin(
 
 
 def test_bad_arguments_say_what_to_do(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.delenv("CHANCY_DASHBOARD_PASSWORD_HASH", raising=False)
-    assert main(["dashboard"]) == 1
+    monkeypatch.delenv("CHANCY_DSN", raising=False)
+    monkeypatch.delenv("CHANCY_APP", raising=False)
+    assert main(["dashboard"]) != 0
     assert "CHANCY_DASHBOARD_PASSWORD_HASH" in capsys.readouterr().err
-    assert main(["dashboard", "--app", "no_such_module_here:app"]) == 1
+    monkeypatch.setenv("CHANCY_DASHBOARD_PASSWORD_HASH", PASSWORD_HASH)
+    assert main(["dashboard"]) != 0
+    assert "no database given" in capsys.readouterr().err
+    assert main(["dashboard", "--dashboard", "no_such_module_here:app"]) != 0
     assert "cannot import 'no_such_module_here'" in capsys.readouterr().err
-    assert main(["dashboard", "--app", "chancy_core"]) == 1
+    assert main(["dashboard", "--dashboard", "chancy_core"]) != 0
     assert "MODULE:ATTRIBUTE" in capsys.readouterr().err
+    (tmp_path / "dash_cli_misuse.py").write_text(
+        "from chancy_core import Chancy\nchancy = Chancy('postgresql://localhost/x')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["dashboard", "--dashboard", "dash_cli_misuse:chancy"]) != 0
+    assert "for a Chancy app use --app" in capsys.readouterr().err
     monkeypatch.setenv("CHANCY_DASHBOARD_PASSWORD_HASH", "plain")
-    assert main(["dashboard"]) == 1
+    assert main(["dashboard", "--dsn", "postgresql://localhost/x"]) != 0
     assert "--hash-password" in capsys.readouterr().err
 
 
+APP_MODULE = """
+import os
+from chancy_core import Chancy
+chancy = Chancy(os.environ["DASH_CLI_TEST_DSN"])
+"""
+
+
 @pytest.mark.db
-def test_serves_a_dashboard_for_the_dsn(database: str) -> None:
+@pytest.mark.parametrize("given", ["--app", "--dsn"])
+def test_serves_a_dashboard_for_the_app_or_dsn(database: str, tmp_path: Path, given: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "CHANCY_DASHBOARD_PASSWORD_HASH": PASSWORD_HASH}
+    (tmp_path / "dash_cli_app.py").write_text(APP_MODULE)
+    env = {
+        **os.environ,
+        "CHANCY_DASHBOARD_PASSWORD_HASH": PASSWORD_HASH,
+        "DASH_CLI_TEST_DSN": database,
+    }
+    target = "dash_cli_app:chancy" if given == "--app" else database
     server = subprocess.Popen(
-        [sys.executable, "-m", "chancy_core.cli", "--dsn", database, "dashboard",
+        [sys.executable, "-m", "chancy_core.cli", "dashboard", given, target,
          "--port", str(port), "--insecure-cookies", "--read-only"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30

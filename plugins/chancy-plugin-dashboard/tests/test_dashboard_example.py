@@ -33,7 +33,7 @@ async def test_the_example_serves_the_dashboard_under_admin_jobs(
     monkeypatch: pytest.MonkeyPatch, database: str
 ) -> None:
     example = load_example(monkeypatch, database)
-    try:
+    async with example.app.router.lifespan_context(example.app):  # opens the app, declares
         async with client_for(example.app) as client:
             assert (await client.get("/")).text.startswith("Your app.")
             for path in ("/admin/jobs", "/admin/jobs/", "/admin/jobs/queues"):
@@ -71,5 +71,3 @@ async def test_the_example_serves_the_dashboard_under_admin_jobs(
         async with client_for(example.app) as staff:  # the app's own login, via auth=
             answer = await staff.get("/admin/jobs/workers", headers={"x-staff-user": "kim"})
             assert answer.status_code == 200 and "kim" in answer.text
-    finally:
-        await example.chancy.close()

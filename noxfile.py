@@ -21,12 +21,12 @@ def plugin_path(name: str) -> str:
     return str(ROOT / "plugins" / name)
 
 
-def plugin_with_tests(name: str, wanted: tuple[str, ...] = ("test",)) -> str:
-    """The plugin's path, with those of the `wanted` extras it declares (its tests' needs:
-    `test` for its tests, `e2e` for its browser tests)."""
+def plugin_install(name: str, extras: tuple[str, ...] = ("test",)) -> str:
+    """The ``-e`` argument installing a plugin, with those of ``extras`` it declares
+    (``test``: what its tests need; ``e2e``: what its browser tests need)."""
     project = tomllib.loads((ROOT / "plugins" / name / "pyproject.toml").read_text())["project"]
-    extras = [e for e in wanted if e in project.get("optional-dependencies", {})]
-    return plugin_path(name) + (f"[{','.join(extras)}]" if extras else "")
+    found = [e for e in extras if e in project.get("optional-dependencies", {})]
+    return f"-e{plugin_path(name)}" + (f"[{','.join(found)}]" if found else "")
 
 
 @nox.session(python=PYTHON, tags=["test"])
@@ -40,9 +40,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the core and every plugin."""
-    session.install(
-        "-e", ".[dev,embedded]", *[f"-e{plugin_with_tests(p, ('test', 'e2e'))}" for p in PLUGINS]
-    )
+    session.install("-e", ".[dev,embedded]", *[plugin_install(p, ("test", "e2e")) for p in PLUGINS])
     session.run("mypy")
     for plugin in PLUGINS:
         session.run("mypy", "--config-file", "pyproject.toml", plugin_path(plugin))
@@ -59,7 +57,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("plugin", PLUGINS, ids=PLUGINS)
 def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin's tests with only the core and that plugin installed (entry points)."""
-    session.install("-e", ".[dev,embedded]", "-e", plugin_with_tests(plugin))
+    session.install("-e", ".[dev,embedded]", plugin_install(plugin))
     session.run(
         "pytest", f"{plugin_path(plugin)}/tests", "-p", "chancy_core.testing", *session.posargs
     )
@@ -68,7 +66,7 @@ def plugin(session: nox.Session, plugin: str) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 def plugins_together(session: nox.Session) -> None:
     """Every plugin installed at once, all their tests."""
-    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_with_tests(p)}" for p in PLUGINS])
+    session.install("-e", ".[dev,embedded]", *[plugin_install(p) for p in PLUGINS])
     session.run(
         "pytest",
         *[f"{plugin_path(p)}/tests" for p in PLUGINS],
@@ -85,6 +83,15 @@ def example_plugin(session: nox.Session) -> None:
     session.run("pytest", str(ROOT / "examples/chancy-plugin-example/tests"), *session.posargs)
 
 
+@nox.session(python=PYTHON, tags=["test"])
+def examples(session: nox.Session) -> None:
+    """The FastAPI and Flask examples' tests, with their own requirements."""
+    apps = [ROOT / "examples" / name for name in ("fastapi_app", "flask_app")]
+    requirements = [arg for app in apps for arg in ("-r", str(app / "requirements.txt"))]
+    session.install("-e", ".[dev,embedded]", *requirements)
+    session.run("pytest", *map(str, apps), "-p", "chancy_core.testing", *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Push jobs and run them with a worker on the embedded PostgreSQL."""
@@ -95,7 +102,9 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Side-by-side throughput and latency against peers (see benchmarks/README.md)."""
-    session.install("-e", ".")
+    # The deployed plugins too, for benchmarks/growth.py; run.py builds its own venvs.
+    deployed = ("chancy-plugin-recovery", "chancy-plugin-pruner", "chancy-plugin-leadership")
+    session.install("-e", ".", *[f"-e{plugin_path(p)}" for p in deployed])
     session.run(
         "python", "benchmarks/run.py", *session.posargs, env={"CHANCY_CORE_SOURCE": str(ROOT)}
     )

@@ -2,9 +2,12 @@
 
     python benchmarks/growth.py [--dsn URL] [--jobs 20000] [--finished 1000000] [--rounds 2]
 
-Runs in the project's environment (``pip install -e .``). The database named by ``--dsn``
-is dropped and re-created. Progress is polled with index-friendly counts only: a
-``count(*)`` over the whole table would itself slow the run as finished rows pile up.
+Runs in an environment with the core and, as deployed, the recovery, pruner and leadership
+plugins (``nox -s bench`` installs them: ``.nox/bench/bin/python benchmarks/growth.py``);
+``--bare`` runs the core alone. The pruner's index on finished jobs is then maintained by
+every completion, as in a deployment. The database named by ``--dsn`` is dropped and
+re-created. Progress is polled with index-friendly counts only: a ``count(*)`` over the
+whole table would itself slow the run as finished rows pile up.
 """
 
 from __future__ import annotations
@@ -33,13 +36,18 @@ FILL = (
 )
 
 
-async def noop() -> None:
+#: Plugins a deployment runs, discovered through their entry points unless ``--bare``.
+DEPLOYED_PLUGINS = ("recovery", "pruner", "leadership")
+
+
+async def noop(i: int) -> None:
     """The job every run processes."""
 
 
 async def process(app: Chancy, jobs: int) -> float:
     """Push ``jobs`` no-op jobs, run one worker until none is left; return jobs/s."""
-    await app.push_many([Job.from_func(noop, queue="bench")] * jobs)
+    job = Job.from_func(noop, queue="bench")
+    await app.push_many([job.with_kwargs(i=i) for i in range(jobs)])
     async with app.pool.connection() as conn:
         await conn.execute("ANALYZE chancy_jobs")
     started = time.perf_counter()
@@ -61,7 +69,14 @@ async def main(args: argparse.Namespace) -> None:
         )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     results: dict[str, list[float]] = {"empty": [], f"{args.finished:,} finished": []}
-    async with Chancy(args.dsn, autoload_plugins=False) as app:
+    app = Chancy(args.dsn, autoload_plugins=not args.bare)
+    missing = [name for name in DEPLOYED_PLUGINS if not app.plugins.has_plugin(name)]
+    if missing and not args.bare:
+        raise SystemExit(
+            f"plugins {', '.join(missing)} are not installed: pip install -e"
+            " plugins/chancy-plugin-<name> (or run with --bare)"
+        )
+    async with app:
         await app.migrate()
         await app.declare(Queue("bench", concurrency=500))
         for n in range(args.rounds):
@@ -92,4 +107,5 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--finished", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--bare", action="store_true", help="the core alone, no plugins")
     anyio.run(main, parser.parse_args())

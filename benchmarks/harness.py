@@ -1,11 +1,13 @@
 """Runs one phase for one system inside that system's venv; ``run.py`` starts it.
 
     python harness.py phase --system pgqueuer --phase process --workers 2 --jobs 100000 \\
-        --dsn URL --admin-dsn URL --deadline 400
-    python harness.py worker --system pgqueuer --dsn URL
+        --dsn URL --admin-dsn URL --deadline 400 --config '{"concurrency": 100, "batch_size": 50}'
+    python harness.py worker --system pgqueuer --dsn URL --config '{...}'
 
 ``phase`` prints one JSON object as its last line of stdout: the figures, or ``{"error": ...}``.
-``worker`` runs one worker of the system until it is terminated.
+``worker`` runs one worker of the system until it is terminated. Before its timed part every
+phase runs a ``CHECKPOINT`` and waits ``--settle`` seconds, so that the WAL written by what
+came before (pgbench, another system, the untimed queue filling) is flushed outside it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from systems._common import PROBE_FILE_ENV, Adapter, Client
+from systems._common import PROBE_FILE_ENV, Adapter, Client, Config
 
 BATCH_SIZE = 1000
 POLL_INTERVAL = 0.05  # seconds between progress polls, the same for every system
@@ -64,6 +66,13 @@ def reset_database(admin_dsn: str, dsn: str) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
 
 
+async def settle(args: argparse.Namespace) -> None:
+    """``CHECKPOINT`` (dirty pages and WAL of earlier writes flushed now), then idle a moment."""
+    async with await psycopg.AsyncConnection.connect(args.admin_dsn, autocommit=True) as conn:
+        await conn.execute("CHECKPOINT")
+    await asyncio.sleep(args.settle)
+
+
 async def fetch_row(conn: psycopg.AsyncConnection[Any], query: str) -> tuple[int, ...]:
     """Run one of an adapter's counting queries; return its single row."""
     # Bytes: the adapters' queries are constants, but psycopg types ``str`` queries as literals.
@@ -74,13 +83,16 @@ async def fetch_row(conn: psycopg.AsyncConnection[Any], query: str) -> tuple[int
 
 @contextmanager
 def workers(
-    system: str, dsn: str, count: int, env: dict[str, str] | None = None
+    system: str, dsn: str, config: Config, count: int, env: dict[str, str] | None = None
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start ``count`` worker processes (same process group as this one); stop them on exit.
 
     Stopping sends SIGTERM and, after ``STOP_GRACE`` seconds, SIGKILL.
     """
-    command = [sys.executable, __file__, "worker", "--system", system, "--dsn", dsn]
+    command = [
+        *(sys.executable, __file__, "worker", "--system", system, "--dsn", dsn),
+        *("--config", json.dumps(config)),
+    ]
     procs = [subprocess.Popen(command, env=env) for _ in range(count)]
     try:
         yield procs
@@ -99,31 +111,51 @@ def workers(
 async def prepare(adapter: Adapter, args: argparse.Namespace) -> None:
     """Fresh database, migrated with the system's own installer."""
     reset_database(args.admin_dsn, args.dsn)
-    await adapter.migrate(args.dsn)
+    await adapter.migrate(args.dsn, args.config)
 
 
-async def phase_bulk(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
-    """Time the bulk enqueue of ``--jobs`` jobs in batches of ``BATCH_SIZE``."""
-    await prepare(adapter, args)
-    async with adapter.connect(args.dsn) as client:
-        started = time.perf_counter()
-        await client.enqueue_bulk(args.jobs, BATCH_SIZE)
-        seconds = time.perf_counter() - started
+async def check_queued(adapter: Adapter, args: argparse.Namespace) -> None:
+    """Fail unless exactly ``--jobs`` jobs are queued."""
     async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
         _, unfinished = await fetch_row(conn, adapter.PROGRESS_SQL)
     if unfinished != args.jobs:
         raise PhaseError(f"{unfinished} jobs queued, expected {args.jobs}")
+
+
+async def phase_bulk(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
+    """Time building and bulk-enqueuing ``--jobs`` jobs in batches of ``BATCH_SIZE``."""
+    await prepare(adapter, args)
+    async with adapter.connect(args.dsn) as client:
+        await settle(args)
+        started = time.perf_counter()
+        await client.enqueue_bulk(args.jobs, BATCH_SIZE)
+        seconds = time.perf_counter() - started
+    await check_queued(adapter, args)
+    return {"jobs_per_s": args.jobs / seconds, "seconds": seconds}
+
+
+async def phase_single(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
+    """Time ``--jobs`` single pushes, one after another (as web requests push), each built anew."""
+    await prepare(adapter, args)
+    async with adapter.connect(args.dsn) as client:
+        await settle(args)
+        started = time.perf_counter()
+        for i in range(args.jobs):
+            await client.push_one(i)
+        seconds = time.perf_counter() - started
+    await check_queued(adapter, args)
     return {"jobs_per_s": args.jobs / seconds, "seconds": seconds}
 
 
 async def phase_process(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
-    """Queue ``--jobs`` jobs, ANALYZE, start ``--workers`` workers, time first claim -> all done."""
+    """Queue ``--jobs`` jobs, ANALYZE, CHECKPOINT, start ``--workers`` workers; time claim->done."""
     await prepare(adapter, args)
     async with adapter.connect(args.dsn) as client:
         await client.enqueue_bulk(args.jobs, BATCH_SIZE)
     async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
         await conn.execute("ANALYZE")
-        with workers(args.system, args.dsn, args.workers) as procs:
+        await settle(args)
+        with workers(args.system, args.dsn, args.config, args.workers) as procs:
             first_claim, finished = await watch(conn, adapter, args, procs)
         (succeeded,) = await fetch_row(conn, adapter.SUCCEEDED_SQL)
     if succeeded != args.jobs:
@@ -169,15 +201,16 @@ async def wait_for_lines(path: Path, count: int, timeout: float) -> None:
 
 
 async def phase_latency(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
-    """One idle worker; push ``LATENCY_SAMPLES`` probes one at a time; report start - push."""
+    """One idle worker; push ``--samples`` probes one at a time; report start - push."""
     await prepare(adapter, args)
     with tempfile.TemporaryDirectory() as tmp:
         probe_file = Path(tmp) / "probes.txt"
         probe_file.touch()
         env = {**os.environ, PROBE_FILE_ENV: str(probe_file)}
-        with workers(args.system, args.dsn, 1, env):
+        await settle(args)
+        with workers(args.system, args.dsn, args.config, 1, env):
             async with adapter.connect(args.dsn) as client:
-                await push_probes(client, probe_file)
+                await push_probes(client, probe_file, args.samples)
         # Probes run one at a time, so the file is in push order; skip the warm-up ones.
         lines = probe_file.read_text().splitlines()[LATENCY_WARMUP:]
     latencies = [
@@ -194,17 +227,22 @@ async def phase_latency(adapter: Adapter, args: argparse.Namespace) -> dict[str,
     }
 
 
-async def push_probes(client: Client, probe_file: Path) -> None:
+async def push_probes(client: Client, probe_file: Path, samples: int) -> None:
     """Push the warm-up and then the sample probes, each once the previous one has run."""
     rng = random.Random(0)
-    for done in range(1, LATENCY_WARMUP + LATENCY_SAMPLES + 1):
+    for done in range(1, LATENCY_WARMUP + samples + 1):
         await client.push_probe(time.time())
         await wait_for_lines(probe_file, done, WARMUP_TIMEOUT if done == 1 else SAMPLE_TIMEOUT)
         # A random idle gap, so a polling worker is sampled at every point of its period.
         await asyncio.sleep(rng.uniform(0.05, 0.15))
 
 
-PHASES = {"bulk": phase_bulk, "process": phase_process, "latency": phase_latency}
+PHASES = {
+    "bulk": phase_bulk,
+    "single": phase_single,
+    "process": phase_process,
+    "latency": phase_latency,
+}
 
 
 def versions(names: list[str]) -> dict[str, str]:
@@ -234,9 +272,17 @@ def main() -> None:
         "--admin-dsn", required=True, help="URL of a database to drop/create it from"
     )
     phase.add_argument("--deadline", type=float, required=True, help="seconds processing may take")
+    phase.add_argument("--config", type=json.loads, default={}, help="worker configuration, JSON")
+    phase.add_argument(
+        "--settle", type=float, default=3.0, help="seconds idle after the CHECKPOINT"
+    )
+    phase.add_argument(
+        "--samples", type=int, default=LATENCY_SAMPLES, help="latency samples (after warm-up)"
+    )
     worker = commands.add_parser("worker", help="run one worker until terminated")
     worker.add_argument("--system", required=True)
     worker.add_argument("--dsn", required=True)
+    worker.add_argument("--config", type=json.loads, default={}, help="worker configuration")
     info = commands.add_parser("versions", help="import the adapter, print versions as JSON")
     info.add_argument("--system", required=True)
     info.add_argument("names", nargs="*", help="distribution names")
@@ -245,7 +291,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     adapter = load_adapter(args.system)
     if args.command == "worker":
-        adapter.run_worker(args.dsn)
+        adapter.run_worker(args.dsn, args.config)
     elif args.command == "versions":
         print(json.dumps(versions(args.names)))
     else:

@@ -1107,7 +1107,10 @@ async def _worker_start(app: Chancy, args: argparse.Namespace) -> int:
 
 
 def _start_processes(argv: Sequence[str], count: int) -> int:
-    """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM."""
+    """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM.
+
+    Child ``n`` gets ``$CHANCY_PROCESS_INDEX=n``.
+    """
     child_argv: list[str] = []
     skip = False
     for arg in argv:
@@ -1120,9 +1123,13 @@ def _start_processes(argv: Sequence[str], count: int) -> int:
         if arg.startswith("--processes="):
             continue
         child_argv.append(arg)
+    # Each child learns its index (0..count-1), e.g. for a metrics port per child.
     children = [
-        subprocess.Popen([sys.executable, "-m", "chancy_core.cli", *child_argv])
-        for _ in range(count)
+        subprocess.Popen(
+            [sys.executable, "-m", "chancy_core.cli", *child_argv],
+            env={**os.environ, "CHANCY_PROCESS_INDEX": str(n)},
+        )
+        for n in range(count)
     ]
 
     def forward(signum: int, frame: object) -> None:

@@ -1,4 +1,5 @@
--- One queue cycle of :batch jobs, three autocommitted statements: insert, claim, complete.
+-- The queue cycle (not comparable with the processing columns: it includes the insert):
+-- :batch jobs, three autocommitted statements: insert, claim, complete.
 -- pgbench counts one run of this script as one transaction; :client_id stands for the worker.
 INSERT INTO jobs (queue, func) SELECT 'bench', 'noop' FROM generate_series(1, :batch);
 UPDATE jobs

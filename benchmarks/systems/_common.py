@@ -9,9 +9,21 @@ import os
 import time
 import urllib.parse
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["PROBE_FILE_ENV", "QUEUE", "Adapter", "Client", "record_probe", "with_tcp_style_host"]
+__all__ = [
+    "PROBE_FILE_ENV",
+    "QUEUE",
+    "Adapter",
+    "Client",
+    "Config",
+    "record_probe",
+    "with_tcp_style_host",
+]
+
+#: A worker configuration: the adapter's ``SETTINGS`` with a sweep's or the run's overrides.
+#: Every adapter reads ``config["concurrency"]``, the most jobs one worker runs at once.
+Config = dict[str, Any]
 
 #: The queue (or channel) every adapter uses for benchmark jobs.
 QUEUE = "bench"
@@ -24,7 +36,14 @@ class Client(Protocol):
     """A producer connection kept open across calls (so connecting is never timed)."""
 
     async def enqueue_bulk(self, count: int, batch_size: int) -> None:
-        """Queue ``count`` no-op jobs with the system's bulk API, ``batch_size`` per call."""
+        """Queue ``count`` no-op jobs with the system's bulk API, ``batch_size`` per call.
+
+        Job ``i`` (0-based) carries its own argument ``i``, built right before its batch is
+        pushed, as a user's code would build it.
+        """
+
+    async def push_one(self, i: int) -> None:
+        """Push one no-op job carrying ``i`` with the single-job API; return once committed."""
 
     async def push_probe(self, pushed_at: float) -> None:
         """Push one probe job carrying ``pushed_at``; return once the push is committed."""
@@ -37,19 +56,25 @@ class Adapter(Protocol):
     REQUIREMENTS: tuple[str, ...]
     #: Interpreter the venv is built from, e.g. ``"python3"`` or ``"python3.12"``.
     PYTHON: str
+    #: Literal dict: the worker settings every run starts from (``"concurrency"`` included).
+    SETTINGS: Config
+    #: Literal tuple of dicts: the overrides of ``SETTINGS`` that ``run.py --sweep`` tries.
+    SWEEP: tuple[Config, ...]
+    #: Literal dict: the overrides taken as the best configuration while no sweep was recorded.
+    BEST: Config
     #: One row ``(waiting, unfinished)``: jobs not yet claimed, jobs not yet in a final state.
     PROGRESS_SQL: str
     #: One row ``(succeeded,)``: jobs that finished successfully.
     SUCCEEDED_SQL: str
 
-    async def migrate(self, dsn: str) -> None:
-        """Install the system's schema (and declare the ``bench`` queue) in an empty database."""
+    async def migrate(self, dsn: str, config: Config) -> None:
+        """Install the system's schema in an empty database; declare ``bench`` per ``config``."""
 
     def connect(self, dsn: str) -> AbstractAsyncContextManager[Client]:
         """Open a producer; leaving the context closes it."""
 
-    def run_worker(self, dsn: str) -> None:
-        """Run one worker with the peer's best settings until the process is terminated."""
+    def run_worker(self, dsn: str, config: Config) -> None:
+        """Run one worker configured by ``config`` until the process is terminated."""
 
 
 def record_probe(pushed_at: float) -> None:

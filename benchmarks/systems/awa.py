@@ -1,4 +1,4 @@
-"""awa-pg 0.6.9 (Rust core): queue-storage engine, COPY ingestion, one queue with 100 workers."""
+"""awa-pg 0.6.9 (Rust core): queue-storage engine, COPY ingestion, ``max_workers=concurrency``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from dataclasses import dataclass
 
 import awa
 
-from systems._common import QUEUE, record_probe, with_tcp_style_host
+from systems._common import QUEUE, Config, record_probe, with_tcp_style_host
 
 REQUIREMENTS = ("awa-pg==0.6.9",)
 PYTHON = "python3"
+SETTINGS = {"concurrency": 100}
+SWEEP = ({"concurrency": 50}, {"concurrency": 100}, {"concurrency": 200}, {"concurrency": 500})
+# Until a sweep is recorded: METHOD.md's configuration.
+BEST = {"concurrency": 100}
 
 # The ``awa.jobs`` and ``awa.terminal_jobs`` views take seconds to minutes to count, so
 # the counts come from the tables under them. Queued = ``ready_entries`` rows; finished =
@@ -37,12 +41,12 @@ PROGRESS_SQL = (
 )
 SUCCEEDED_SQL = f"SELECT done FROM ({_COUNTS}) c"
 
-MAX_WORKERS = 100
-
 
 @dataclass
 class Noop:
     """Arguments of the no-op job (kind ``noop``)."""
+
+    i: int
 
 
 @dataclass
@@ -59,18 +63,22 @@ class AwaClient:
         self._client = client
 
     async def enqueue_bulk(self, count: int, batch_size: int) -> None:
-        """``enqueue_many_copy`` (COPY into queue storage) once per batch."""
+        """``enqueue_many_copy`` (COPY into queue storage) once per batch, each with its ``i``."""
         for start in range(0, count, batch_size):
             await self._client.enqueue_many_copy(
-                [Noop() for _ in range(min(batch_size, count - start))], queue=QUEUE
+                [Noop(i) for i in range(start, min(start + batch_size, count))], queue=QUEUE
             )
+
+    async def push_one(self, i: int) -> None:
+        """``insert`` one job."""
+        await self._client.insert(Noop(i), queue=QUEUE)
 
     async def push_probe(self, pushed_at: float) -> None:
         """Insert one probe."""
         await self._client.insert(Probe(pushed_at), queue=QUEUE)
 
 
-async def migrate(dsn: str) -> None:
+async def migrate(dsn: str, config: Config) -> None:
     """Run awa's migrations and activate the queue-storage engine (what a fresh install gets)."""
     async with awa.AsyncClient(with_tcp_style_host(dsn)) as client:
         await client.migrate()
@@ -84,7 +92,7 @@ async def connect(dsn: str) -> AsyncIterator[AwaClient]:
         yield AwaClient(client)
 
 
-async def _work(dsn: str) -> None:
+async def _work(dsn: str, config: Config) -> None:
     """Register both handlers and run the runtime until the process is terminated."""
     client = awa.AsyncClient(with_tcp_style_host(dsn))
 
@@ -97,10 +105,10 @@ async def _work(dsn: str) -> None:
         """Record when this job started."""
         record_probe(job.args.pushed_at)
 
-    await client.start([{"name": QUEUE, "max_workers": MAX_WORKERS}])
+    await client.start([{"name": QUEUE, "max_workers": config["concurrency"]}])
     await asyncio.Event().wait()
 
 
-def run_worker(dsn: str) -> None:
+def run_worker(dsn: str, config: Config) -> None:
     """Run one awa worker runtime."""
-    asyncio.run(_work(dsn))
+    asyncio.run(_work(dsn, config))

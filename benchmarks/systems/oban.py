@@ -1,4 +1,4 @@
-"""Oban for Python 0.7.0 (needs Python 3.12+): one queue with a limit of 100."""
+"""Oban for Python 0.7.0 (needs Python 3.12+): one queue whose limit is ``concurrency``."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ from oban import Job, Oban
 from oban.decorators import worker
 from oban.schema import install
 
-from systems._common import QUEUE, record_probe
+from systems._common import QUEUE, Config, record_probe
 
 REQUIREMENTS = ("oban==0.7.0",)
 PYTHON = "python3.12"
+SETTINGS = {"concurrency": 100}
+SWEEP = ({"concurrency": 50}, {"concurrency": 100}, {"concurrency": 200}, {"concurrency": 500})
+# Until a sweep is recorded: METHOD.md's configuration.
+BEST = {"concurrency": 100}
 
 PROGRESS_SQL = (
     "SELECT count(*) FILTER (WHERE state = 'available'), count(*)"
     " FROM oban_jobs WHERE state IN ('available', 'scheduled', 'executing', 'retryable')"
 )
 SUCCEEDED_SQL = "SELECT count(*) FROM oban_jobs WHERE state = 'completed'"
-
-QUEUE_LIMIT = 100
 
 
 @worker(queue=QUEUE)
@@ -48,18 +50,25 @@ class ObanClient:
         self._oban = oban
 
     async def enqueue_bulk(self, count: int, batch_size: int) -> None:
-        """``enqueue_many`` once per batch."""
+        """``enqueue_many`` once per batch, each job with its own ``i``."""
         for start in range(0, count, batch_size):
             # ``new`` is attached by ``@worker`` at run time, unseen by type checkers.
-            jobs = [Noop.new() for _ in range(min(batch_size, count - start))]  # type: ignore[attr-defined]
+            jobs = [
+                Noop.new({"i": i})  # type: ignore[attr-defined]
+                for i in range(start, min(start + batch_size, count))
+            ]
             await self._oban.enqueue_many(jobs)
+
+    async def push_one(self, i: int) -> None:
+        """``enqueue`` one job."""
+        await self._oban.enqueue(Noop.new({"i": i}))  # type: ignore[attr-defined]
 
     async def push_probe(self, pushed_at: float) -> None:
         """Enqueue one probe."""
         await self._oban.enqueue(Probe.new({"pushed_at": pushed_at}))  # type: ignore[attr-defined]
 
 
-async def migrate(dsn: str) -> None:
+async def migrate(dsn: str, config: Config) -> None:
     """Run Oban's installer."""
     pool = await Oban.create_pool(dsn)
     try:
@@ -78,13 +87,13 @@ async def connect(dsn: str) -> AsyncIterator[ObanClient]:
         await pool.close()
 
 
-async def _work(dsn: str) -> None:
+async def _work(dsn: str, config: Config) -> None:
     """Run the ``bench`` queue until the process is terminated."""
     pool = await Oban.create_pool(dsn)
-    async with Oban(pool=pool, queues={QUEUE: QUEUE_LIMIT}):
+    async with Oban(pool=pool, queues={QUEUE: config["concurrency"]}):
         await asyncio.Event().wait()
 
 
-def run_worker(dsn: str) -> None:
+def run_worker(dsn: str, config: Config) -> None:
     """Run one Oban node."""
-    asyncio.run(_work(dsn))
+    asyncio.run(_work(dsn, config))

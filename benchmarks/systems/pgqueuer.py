@@ -1,4 +1,8 @@
-"""PgQueuer 1.6.0: one asyncpg connection, uvloop, ``batch_size=50, max_concurrent_tasks=100``."""
+"""PgQueuer 1.6.0: one asyncpg connection, uvloop, ``PgQueuer.run(...)``.
+
+``concurrency`` is ``max_concurrent_tasks``; ``batch_size`` (jobs per fetch) may be at most
+half of it (PgQueuer refuses more).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,21 @@ import uvloop
 from pgqueuer import PgQueuer, Queries
 from pgqueuer.models import Job
 
-from systems._common import record_probe
+from systems._common import Config, record_probe
 
 REQUIREMENTS = ("pgqueuer==1.6.0", "asyncpg==0.32.0", "uvloop")
 PYTHON = "python3"
+SETTINGS = {"concurrency": 100, "batch_size": 50}
+SWEEP = (
+    {"concurrency": 50, "batch_size": 25},
+    {"concurrency": 100, "batch_size": 10},
+    {"concurrency": 100, "batch_size": 50},
+    {"concurrency": 200, "batch_size": 100},
+    {"concurrency": 500, "batch_size": 100},
+    {"concurrency": 500, "batch_size": 250},
+)
+# Until a sweep is recorded: METHOD.md's configuration.
+BEST = {"concurrency": 100, "batch_size": 50}
 
 # Finished jobs leave the ``pgqueuer`` table and are logged in ``pgqueuer_log``.
 PROGRESS_SQL = "SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FROM pgqueuer"
@@ -27,17 +42,22 @@ class PgQueuerClient:
         self._queries = queries
 
     async def enqueue_bulk(self, count: int, batch_size: int) -> None:
-        """One ``INSERT ... SELECT unnest`` per batch."""
+        """One ``INSERT ... SELECT unnest`` per batch; each job's payload is its ``i``."""
         for start in range(0, count, batch_size):
             size = min(batch_size, count - start)
-            await self._queries.enqueue(["noop"] * size, [None] * size, [0] * size)
+            payloads: list[bytes | None] = [str(i).encode() for i in range(start, start + size)]
+            await self._queries.enqueue(["noop"] * size, payloads, [0] * size)
+
+    async def push_one(self, i: int) -> None:
+        """``enqueue`` one job (scalar arguments)."""
+        await self._queries.enqueue("noop", str(i).encode())
 
     async def push_probe(self, pushed_at: float) -> None:
         """Queue one probe; its payload is the push time as text."""
         await self._queries.enqueue("probe", repr(pushed_at).encode())
 
 
-async def migrate(dsn: str) -> None:
+async def migrate(dsn: str, config: Config) -> None:
     """Run PgQueuer's installer."""
     connection = await asyncpg.connect(dsn)
     try:
@@ -56,7 +76,7 @@ async def connect(dsn: str) -> AsyncIterator[PgQueuerClient]:
         await connection.close()
 
 
-async def _work(dsn: str) -> None:
+async def _work(dsn: str, config: Config) -> None:
     """Register the two entrypoints and run the queue manager."""
     connection = await asyncpg.connect(dsn)
     pgq = PgQueuer.from_asyncpg_connection(connection)
@@ -71,9 +91,11 @@ async def _work(dsn: str) -> None:
         assert job.payload is not None
         record_probe(float(job.payload))
 
-    await pgq.run(batch_size=50, max_concurrent_tasks=100)
+    concurrency = config["concurrency"]
+    batch_size = max(1, min(config["batch_size"], concurrency // 2))  # PgQueuer's own bound
+    await pgq.run(batch_size=batch_size, max_concurrent_tasks=concurrency)
 
 
-def run_worker(dsn: str) -> None:
+def run_worker(dsn: str, config: Config) -> None:
     """Run one PgQueuer worker under uvloop."""
-    uvloop.run(_work(dsn))
+    uvloop.run(_work(dsn, config))

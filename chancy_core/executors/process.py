@@ -15,6 +15,13 @@ module (as ``__mp_main__``), as :mod:`multiprocessing` always does: a script
 that starts a worker must do so under ``if __name__ == "__main__":``, or each
 child starts another worker.
 
+``CHANCY_PROCESS_INITIALIZER``: when this environment variable names an
+importable no-argument callable (``module.name``), each child calls it once,
+before its first job; a framework sets itself up there (``django.setup``, which
+``manage.py chancy_worker`` sets for you). Children inherit the worker's
+environment, so set it in the worker before it starts. If the initializer
+raises, every job that child is given fails with its traceback.
+
 A child that dies (``os._exit``, a signal, the kernel's out-of-memory killer)
 fails its job with :class:`~chancy_core.executors.JobCrashed` saying how it
 ended. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
@@ -46,7 +53,10 @@ from chancy_core.executors import (
 )
 from chancy_core.job import Limit, QueuedJob
 
-__all__ = ["ProcessExecutor", "RemoteError"]
+__all__ = ["INITIALIZER_ENV", "ProcessExecutor", "RemoteError"]
+
+INITIALIZER_ENV = "CHANCY_PROCESS_INITIALIZER"
+"""Environment variable naming a callable each child runs once before its first job."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -83,6 +93,15 @@ def _child_main(conn: Connection) -> None:
     reaches the worker too, which decides (drains, then kills what is left)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    failed_setup: tuple[Any, ...] | None = None
+    initializer = os.environ.get(INITIALIZER_ENV)
+    if initializer:
+        try:
+            resolve_function(initializer)()
+        except BaseException as exc:
+            text = "".join(traceback.format_exception(exc))
+            summary = f"{INITIALIZER_ENV}={initializer} failed: {type(exc).__qualname__}: {exc}"
+            failed_setup = ("error", _dumps(RemoteError(summary)), text, summary)
     while True:
         try:
             message = conn.recv()
@@ -91,6 +110,9 @@ def _child_main(conn: Connection) -> None:
         if message is None:
             return
         func_name, kwargs, job = message
+        if failed_setup is not None:
+            conn.send(failed_setup)
+            continue
         outcome: tuple[Any, ...]
         try:
             func = resolve_function(func_name)

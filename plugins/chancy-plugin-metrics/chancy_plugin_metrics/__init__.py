@@ -1,17 +1,21 @@
-"""Metrics for chancy-core: counters, histograms, queue depths, and history in PostgreSQL.
+"""Metrics for chancy-core on prometheus-client, and a cluster-wide history in PostgreSQL.
 
-Each worker process keeps, per queue and function:
+Each plugin instance owns one :class:`prometheus_client.CollectorRegistry` (never the
+process-global default one), holding:
 
-* ``chancy_jobs_total{queue,func,outcome}``: attempts that ended, by the state
+* ``chancy_jobs_completed_total{queue,func,state}``: attempts that ended, by the state
   written (``succeeded``, ``failed``, ``retrying``, ``pending``);
 * ``chancy_job_run_seconds{queue,func}``: a histogram of how long attempts ran;
-* ``chancy_job_wait_seconds{queue,func}``: a histogram of ``started_at - scheduled_at``
-  (how long a due job waited for a worker);
+* ``chancy_job_wait_seconds{queue,func}``: a histogram of ``started_at - scheduled_at``;
+* gauges read from the database (cluster-wide): ``chancy_queue_depth{queue,state}``,
+  ``chancy_queue_oldest_job_age_seconds{queue}``, ``chancy_workers``, and
+  ``chancy_metrics_sampled_timestamp_seconds``; plus ``chancy_worker_running_jobs{worker}``
+  (this process's workers, read at scrape time).
 
-and samples, every ``depth_interval`` seconds, ``chancy_queue_depth{queue,state}``
-(pending and retrying jobs per queue, cluster-wide) plus
-``chancy_worker_running_jobs{worker}``. With ``port`` set, a worker serves them in the
-Prometheus text format at ``http://host:port/metrics``.
+The database gauges are sampled every ``depth_interval`` seconds by a worker task, and by
+:func:`metrics_app` at scrape time when the last sample is older than that. With ``port``
+set, a worker serves the registry with prometheus-client's HTTP server; :func:`metrics_app`
+is the same registry as an ASGI application (the dashboard mounts it at ``/metrics``).
 
 Every worker also adds its counts, per minute, to the plugin's table
 (``{prefix}metrics_minutes``), giving a cluster-wide history that
@@ -24,31 +28,53 @@ import enum
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client import start_http_server as _start_http_server
+from prometheus_client.asgi import make_asgi_app
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from chancy_core import Chancy, QueuedJob, hookimpl
 from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError
 from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_metrics import queries as q
-from chancy_plugin_metrics.exposition import Histogram, sample
-from chancy_plugin_metrics.server import serve
 
 if TYPE_CHECKING:
     from chancy_core.hookspecs import RegisterTask
     from chancy_core.worker import Worker
 
-__all__ = ["DEFAULT_BUCKETS", "PORT_ENV", "HistoryRow", "Metrics"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "INDEX_ENV",
+    "PORT_ENV",
+    "HistoryRow",
+    "Metrics",
+    "MetricsApp",
+    "metrics_app",
+]
 
 log = logging.getLogger(__name__)
 
 PORT_ENV = "CHANCY_METRICS_PORT"
 """Where the default ``Metrics()`` (the one the entry point makes) serves, if set."""
+
+INDEX_ENV = "CHANCY_PROCESS_INDEX"
+"""Set by ``chancy worker start --processes N`` to each child's index: child ``n`` serves
+on ``$CHANCY_METRICS_PORT + n``, so every child is a target of its own."""
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
@@ -59,7 +85,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 _TRANSIENT = TRANSIENT_ERRORS
 _MAX_TIMINGS = 10_000
 _RETRY_LISTEN = 30.0
-_WAITING = (QueuedJob.State.PENDING, QueuedJob.State.RETRYING)
+_DEPTH_STATES = ("pending", "retrying", "running")
 
 Operation = Generator[tuple[bytes, dict[str, Any]], list[tuple[Any, ...]], Any]
 
@@ -112,20 +138,85 @@ class _Minute:
         self.wait_max = max(self.wait_max, other.wait_max)
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """One read of the database gauges; replaced whole, so a scrape never sees half of one."""
+
+    depths: dict[tuple[str, str], int] = field(default_factory=dict)
+    oldest: dict[str, float] = field(default_factory=dict)
+    workers: int = 0
+    at: float = 0.0
+    """``time.time()`` of the read; 0: never read."""
+
+
+class _Collector:
+    """Yields the gauges read from the database (the last sample) and the live worker gauge."""
+
+    def __init__(self, plugin: Metrics) -> None:
+        self._plugin = plugin
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(_Sample(), {})
+
+    def collect(self) -> Iterator[Metric]:
+        plugin = self._plugin
+        running = {wid: len(w.running_jobs) for wid, w in list(plugin._workers.items())}
+        return self._families(plugin.sample, running)
+
+    @staticmethod
+    def _families(sample: _Sample, running: dict[str, int]) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "chancy_queue_depth",
+            "Jobs per queue in each unfinished state (cluster-wide, sampled).",
+            labels=("queue", "state"),
+        )
+        oldest = GaugeMetricFamily(
+            "chancy_queue_oldest_job_age_seconds",
+            "Age of the oldest due job waiting in each queue, 0 when none (cluster-wide, sampled).",
+            labels=("queue",),
+        )
+        workers = GaugeMetricFamily(
+            "chancy_workers", "Workers registered in the database (cluster-wide, sampled)."
+        )
+        sampled = GaugeMetricFamily(
+            "chancy_metrics_sampled_timestamp_seconds",
+            "Unix time of the last successful read of the database gauges.",
+        )
+        if sample.at:
+            for (queue, state), n in sorted(sample.depths.items()):
+                depth.add_metric((queue, state), n)
+            for queue, age in sorted(sample.oldest.items()):
+                oldest.add_metric((queue,), age)
+            workers.add_metric((), sample.workers)
+            sampled.add_metric((), sample.at)
+        by_worker = GaugeMetricFamily(
+            "chancy_worker_running_jobs",
+            "Jobs each worker of this process is running.",
+            labels=("worker",),
+        )
+        for worker_id, n in sorted(running.items()):
+            by_worker.add_metric((worker_id,), n)
+        yield from (depth, oldest, workers, sampled, by_worker)
+
+
 class Metrics:
     """The metrics plugin.
 
     :param port: serve the Prometheus endpoint on this port (``0``: any free
         port, see :attr:`address`); ``None`` serves nothing. By default the
-        port comes from ``$CHANCY_METRICS_PORT``, else nothing is served: the
+        port comes from ``$CHANCY_METRICS_PORT`` (plus ``$CHANCY_PROCESS_INDEX``,
+        set by ``--processes``), else nothing is served: the
         plugin is loaded in every process that has it installed, and a fixed
         default port would collide between workers on one host.
     :param host: the address to listen on (``"0.0.0.0"`` to let other hosts scrape).
-    :param depth_interval: seconds between two samples of the queue depths.
+    :param depth_interval: seconds between two samples of the database gauges.
     :param flush_interval: seconds between two writes of the history.
     :param retention: how long history is kept (a :class:`timedelta` or seconds).
     :param prune_interval: seconds between two prunes of the history (by the leader).
     :param buckets: histogram upper bounds, in seconds.
+    :param process_metrics: also serve prometheus-client's ``process_*`` (CPU, memory,
+        file descriptors) and ``python_*`` (version, garbage collector) metrics of this
+        process, registered on this instance's registry.
     """
 
     name = "metrics"
@@ -140,12 +231,18 @@ class Metrics:
         retention: timedelta | float = timedelta(days=7),
         prune_interval: float = 3600.0,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
+        process_metrics: bool = True,
     ) -> None:
         if port is FROM_ENV:
             env = os.environ.get(PORT_ENV, "").strip()
             if env and not env.isdigit():
                 raise ConfigurationError(f"{PORT_ENV}={env!r} is not a port number")
             port = int(env) if env else None
+            index = os.environ.get(INDEX_ENV, "").strip()
+            if port is not None and index:  # a child of `chancy worker start --processes N`
+                if not index.isdigit():
+                    raise ConfigurationError(f"{INDEX_ENV}={index!r} is not a process index")
+                port += int(index)
         if port is not None and not 0 <= port <= 65535:
             raise ConfigurationError(f"port must be from 0 to 65535 or None, not {port!r}")
         seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention
@@ -162,14 +259,40 @@ class Metrics:
         self.buckets = tuple(float(b) for b in buckets)
         self.address: tuple[str, int] | None = None
         """``(host, port)`` the endpoint listens on, once it does."""
-        self.counts: dict[tuple[str, str, str], int] = {}
-        self.run_times: dict[tuple[str, str], Histogram] = {}
-        self.wait_times: dict[tuple[str, str], Histogram] = {}
-        self.depths: dict[tuple[str, str], int] = {}
+        self.registry = CollectorRegistry()
+        """This instance's metrics (prometheus-client's process-global registry is not used)."""
+        self.completed = Counter(
+            "chancy_jobs_completed",
+            "Job attempts that ended, by queue, function and the state written.",
+            ("queue", "func", "state"),
+            registry=self.registry,
+        )
+        self.run_seconds = Histogram(
+            "chancy_job_run_seconds",
+            "How long job attempts ran.",
+            ("queue", "func"),
+            buckets=self.buckets,
+            registry=self.registry,
+        )
+        self.wait_seconds = Histogram(
+            "chancy_job_wait_seconds",
+            "How long due jobs waited for a worker (started_at - scheduled_at).",
+            ("queue", "func"),
+            buckets=self.buckets,
+            registry=self.registry,
+        )
+        self.sample = _Sample()
+        """The last read of the database gauges (see :meth:`refresh`)."""
+        self.registry.register(_Collector(self))
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
         self._minutes: dict[tuple[datetime, str, str, str], _Minute] = {}
         self._timings: dict[str, float] = {}
         self._workers: dict[str, Worker] = {}
         self._serving = False
+        self._refreshing: anyio.Lock | None = None
 
     # --- hooks ---------------------------------------------------------------------------
 
@@ -190,9 +313,28 @@ class Metrics:
     def chancy_job_wrap(self, worker: Worker, job: QueuedJob) -> AbstractAsyncContextManager[None]:
         return self._timed(job.id)
 
+    # The completion hook and its adapter `_outcome`: the only place that reads an outcome.
+    # MERGE with the core's Outcome (branch `core`): the hook's signature becomes
+    # `(self, worker: Worker, job: QueuedJob, outcome: Outcome)` and its first line
+    # `... = self._outcome(job, outcome)`; `_outcome` already reads an Outcome.
     @hookimpl
     def chancy_job_completed(self, worker: Worker, job: QueuedJob) -> None:
-        self.record(job, self._timings.pop(job.id, None))
+        state, run_seconds, wait_seconds = self._outcome(job)
+        self.record(job, run_seconds, state=state, wait_seconds=wait_seconds)
+
+    def _outcome(
+        self, job: QueuedJob, outcome: Any = None
+    ) -> tuple[str, float | None, float | None]:
+        """The attempt's state, run seconds and wait seconds (``None``: from ``job``'s times).
+
+        From ``outcome`` (a ``chancy_core.Outcome``) when the hook passes one; else, as
+        the hook's first form has it, ``job.state`` and the time ``chancy_job_wrap`` took.
+        """
+        timed = self._timings.pop(job.id, None)
+        if outcome is None:
+            return job.state.value, timed, None
+        state = outcome.state
+        return str(getattr(state, "value", state)), outcome.run_seconds, outcome.wait_seconds
 
     # --- recording -----------------------------------------------------------------------
 
@@ -206,26 +348,33 @@ class Metrics:
                 self._timings.pop(next(iter(self._timings)))
             self._timings[job_id] = time.perf_counter() - start
 
-    def record(self, job: QueuedJob, run_seconds: float | None = None) -> None:
-        """Count one ended attempt of ``job`` (``job.state`` is its outcome).
+    def record(
+        self,
+        job: QueuedJob,
+        run_seconds: float | None = None,
+        *,
+        state: str | None = None,
+        wait_seconds: float | None = None,
+    ) -> None:
+        """Count one ended attempt of ``job``.
 
-        ``run_seconds`` is how long it ran; when unknown it is taken from
-        ``job.started_at`` (0 for a job refused before it ran).
+        ``state`` is the state written (default ``job.state``); ``run_seconds``
+        is how long it ran, else taken from ``job.started_at`` (0 for a job
+        refused before it ran); ``wait_seconds`` defaults to
+        ``started_at - scheduled_at``.
         """
         now = datetime.now(UTC)
         started = job.started_at
         if run_seconds is None:
             run_seconds = (now - started).total_seconds() if started else 0.0
-        wait_seconds = (started - job.scheduled_at).total_seconds() if started else 0.0
+        if wait_seconds is None:
+            wait_seconds = (started - job.scheduled_at).total_seconds() if started else 0.0
         run_seconds, wait_seconds = max(run_seconds, 0.0), max(wait_seconds, 0.0)
-        outcome = job.state.value
+        outcome = state or job.state.value
         key = (job.queue, job.func)
-        self.counts[(*key, outcome)] = self.counts.get((*key, outcome), 0) + 1
-        if key not in self.run_times:
-            self.run_times[key] = Histogram(self.buckets)
-            self.wait_times[key] = Histogram(self.buckets)
-        self.run_times[key].observe(run_seconds)
-        self.wait_times[key].observe(wait_seconds)
+        self.completed.labels(*key, outcome).inc()
+        self.run_seconds.labels(*key).observe(run_seconds)
+        self.wait_seconds.labels(*key).observe(wait_seconds)
         minute = now.replace(second=0, microsecond=0)
         self._minutes.setdefault((minute, *key, outcome), _Minute()).add(run_seconds, wait_seconds)
 
@@ -233,60 +382,16 @@ class Metrics:
 
     def render(self) -> str:
         """Every metric in the Prometheus text format (what the endpoint serves)."""
-        out = [
-            "# HELP chancy_jobs_total Job attempts that ended, by queue, function and outcome.",
-            "# TYPE chancy_jobs_total counter",
-        ]
-        for (queue, func, outcome), count in sorted(self.counts.items()):
-            out.append(
-                sample(
-                    "chancy_jobs_total",
-                    [("queue", queue), ("func", func), ("outcome", outcome)],
-                    count,
-                )
-            )
-        for name, help_text, histograms in (
-            ("chancy_job_run_seconds", "How long job attempts ran.", self.run_times),
-            (
-                "chancy_job_wait_seconds",
-                "How long due jobs waited for a worker (started_at - scheduled_at).",
-                self.wait_times,
-            ),
-        ):
-            out += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-            for (queue, func), histogram in sorted(histograms.items()):
-                out += histogram.lines(name, [("queue", queue), ("func", func)])
-        out += [
-            "# HELP chancy_queue_depth Jobs waiting per queue and state (cluster-wide, sampled).",
-            "# TYPE chancy_queue_depth gauge",
-        ]
-        for (queue, state), depth in sorted(self.depths.items()):
-            out.append(sample("chancy_queue_depth", [("queue", queue), ("state", state)], depth))
-        out += [
-            "# HELP chancy_worker_running_jobs Jobs each worker of this process is running.",
-            "# TYPE chancy_worker_running_jobs gauge",
-        ]
-        for worker_id, worker in sorted(self._workers.items()):
-            out.append(
-                sample(
-                    "chancy_worker_running_jobs", [("worker", worker_id)], len(worker.running_jobs)
-                )
-            )
-        return "\n".join(out) + "\n"
-
-    # --- worker tasks --------------------------------------------------------------------
+        return generate_latest(self.registry).decode("utf-8")
 
     async def _serve(self, worker: Worker) -> None:
-        def bound(host: str, port: int) -> None:
-            self.address = (host, port)
-
         assert self.port is not None
         while True:
             while self._serving:  # another worker of this process serves; take over if it stops
                 await anyio.sleep(1.0)
             self._serving = True
             try:
-                await serve(self.host, self.port, self.render, on_bound=bound)
+                await self._serve_once(self.port)
             except OSError as exc:  # e.g. the port is taken
                 log.error(
                     "metrics: cannot serve on %s:%s (%s); trying again in %ss",
@@ -300,27 +405,78 @@ class Metrics:
                 self.address = None
             await anyio.sleep(_RETRY_LISTEN)
 
-    async def sample_depths(self, app: Chancy) -> None:
-        """Read how many jobs wait in each queue (what the depth task does)."""
-        counts = await app.count_jobs(_WAITING)
+    async def _serve_once(self, port: int) -> None:
+        # prometheus-client's WSGI server, in its own daemon thread, on this registry only;
+        # it reads the last database sample, never the database.
+        server, thread = _start_http_server(port, self.host, registry=self.registry)
+        try:
+            self.address = (self.host, int(server.server_port))
+            log.info("serving metrics on http://%s:%d/metrics", *self.address)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(server.shutdown)
+                server.server_close()
+                await anyio.to_thread.run_sync(thread.join, 5.0)
+
+    # --- the database gauges -------------------------------------------------------------
+
+    async def refresh(self, app: Chancy) -> None:
+        """Read the database gauges: depth by queue and state, oldest waiting job, workers."""
+
+        def op() -> Operation:
+            rows = yield app.schema.render(q.SELECT_GAUGES), {}
+            return rows
+
+        rows: list[tuple[Any, ...]] = await app.execute(op())
         queues = {queue.name for queue in await app.get_all_queues()}
-        queues |= {queue for queue, _ in self.depths} | {queue for queue, _ in counts}
-        self.depths = {
-            (queue, state.value): counts.get((queue, state), 0)
-            for queue in queues
-            for state in _WAITING
-        }
+        queues |= {queue for queue, _ in self.sample.depths}
+        depths: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {}
+        workers = 0
+        for queue, state, count, age in rows:
+            if state == "workers":
+                workers = int(count)
+                continue
+            queues.add(queue)
+            depths[(queue, state)] = int(count)
+            if age is not None:
+                oldest[queue] = max(oldest.get(queue, 0.0), float(age))
+        self.sample = _Sample(
+            depths={(qn, s): depths.get((qn, s), 0) for qn in queues for s in _DEPTH_STATES},
+            oldest={qn: max(oldest.get(qn, 0.0), 0.0) for qn in queues},
+            workers=workers,
+            at=time.time(),
+        )
+
+    async def refresh_if_stale(self, app: Chancy) -> None:
+        """:meth:`refresh` unless the last sample is younger than ``depth_interval``.
+
+        Concurrent callers share one read; a failed read is logged and the last
+        sample stays (``chancy_metrics_sampled_timestamp_seconds`` tells its age).
+        """
+        if self._refreshing is None:
+            self._refreshing = anyio.Lock()
+        async with self._refreshing:
+            if time.time() - self.sample.at < self.depth_interval:
+                return
+            try:
+                await self.refresh(app)
+            except _TRANSIENT as exc:
+                log.warning("metrics: could not read the database gauges (%s)", exc)
 
     async def _sample_depths(self, worker: Worker) -> None:
         try:
             while True:
                 try:
-                    await self.sample_depths(worker.chancy)
+                    await self.refresh(worker.chancy)
                 except _TRANSIENT as exc:
-                    log.warning("metrics: could not sample queue depths (%s)", exc)
+                    log.warning("metrics: could not read the database gauges (%s)", exc)
                 await anyio.sleep(self.depth_interval)
         finally:
             self._workers.pop(worker.worker_id, None)
+
+    # --- the history ---------------------------------------------------------------------
 
     async def flush(self, app: Chancy) -> int:
         """Add the counts recorded since the last flush to the history; returns rows written."""
@@ -420,3 +576,57 @@ class Metrics:
 
         found: list[HistoryRow] = await app.execute(op())
         return found
+
+
+def metrics_app(plugin: Metrics, chancy: Chancy | None = None) -> MetricsApp:
+    """The plugin's registry as an ASGI application, to mount at ``/metrics``.
+
+    It is prometheus-client's ASGI app (text or OpenMetrics format by the
+    ``Accept`` header, gzip by ``Accept-Encoding``) on ``plugin.registry``.
+    With ``chancy`` given, a scrape first re-reads the database gauges when
+    the last read is older than ``plugin.depth_interval``: a process that runs
+    no worker (a web app, the dashboard) still serves current queue depths.
+
+    :param plugin: the :class:`Metrics` instance, e.g. ``chancy.plugins.get_plugin("metrics")``.
+    :param chancy: the app whose database the gauges are read from.
+    """
+    if not isinstance(plugin, Metrics):
+        raise ConfigurationError(
+            f"metrics_app needs the Metrics plugin instance, not {type(plugin).__name__};"
+            ' use chancy.plugins.get_plugin("metrics")'
+        )
+    return MetricsApp(plugin, chancy)
+
+
+class MetricsApp:
+    """The ASGI application :func:`metrics_app` returns.
+
+    An object rather than a function, so that Starlette's ``Route("/metrics", app)``
+    treats it as an ASGI app (a plain function would be taken for a request handler).
+    """
+
+    def __init__(self, plugin: Metrics, chancy: Chancy | None) -> None:
+        self.plugin = plugin
+        self.chancy = chancy
+        self._inner = make_asgi_app(plugin.registry)
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        """Answer one ASGI connection (``http``; ``lifespan`` is acknowledged)."""
+        if scope["type"] == "lifespan":  # served alone by an ASGI server: nothing to set up
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            raise ValueError(f"metrics_app serves HTTP only, not {scope['type']!r}")
+        if self.chancy is not None:
+            await self.plugin.refresh_if_stale(self.chancy)
+        await self._inner(scope, receive, send)

@@ -33,3 +33,17 @@ WHERE bucket >= %(since)s
   AND (%(func)s::text IS NULL OR func = %(func)s)
 ORDER BY bucket, queue, func, outcome
 """
+
+# What the database gauges show, in one round trip. The waiting rows are read through the
+# fetch index (its literal IN); running rows through the running index's predicate. The
+# oldest *due* waiting job sets the age (a job scheduled for tomorrow is not late). Reads
+# the core's tables directly until the core has a public call for it.
+SELECT_GAUGES: LiteralString = """
+SELECT queue, state, count(*),
+       extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE scheduled_at <= now()))
+FROM {jobs} WHERE state IN ('pending', 'retrying') GROUP BY queue, state
+UNION ALL
+SELECT queue, state, count(*), NULL FROM {jobs} WHERE state = 'running' GROUP BY queue, state
+UNION ALL
+SELECT NULL, 'workers', count(*), NULL FROM {workers}
+"""

@@ -1,54 +1,34 @@
-"""The text format and the HTTP answers, without a database."""
+"""The exposition through prometheus-client, the options and the endpoint, without a database."""
 
 from __future__ import annotations
 
+import json
+import re
+import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
+import prometheus_client
 import pytest
 from anyio.abc import SocketAttribute
-from chancy_plugin_metrics import PORT_ENV, Metrics
-from chancy_plugin_metrics.exposition import Histogram, escape, format_value
-from chancy_plugin_metrics.server import answer
+from chancy_plugin_metrics import INDEX_ENV, PORT_ENV, Metrics, metrics_app
+from prometheus_client.parser import text_string_to_metric_families
 
 from chancy_core import QueuedJob
 from chancy_core.errors import ConfigurationError
 
-
-def test_label_values_are_escaped() -> None:
-    assert escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+PLUGIN = Path(__file__).resolve().parents[1]
 
 
-def test_values_are_formatted_like_prometheus() -> None:
-    assert [format_value(v) for v in (3, 0.25, float("inf"), 1e-05)] == [
-        "3",
-        "0.25",
-        "+Inf",
-        "1e-05",
-    ]
-
-
-def test_histogram_buckets_are_cumulative() -> None:
-    histogram = Histogram((0.1, 1.0))
-    for seconds in (0.05, 0.1, 0.5, 2.0):
-        histogram.observe(seconds)
-    assert histogram.lines("h", [("q", "x")]) == [
-        'h_bucket{q="x",le="0.1"} 2',
-        'h_bucket{q="x",le="1"} 3',
-        'h_bucket{q="x",le="+Inf"} 4',
-        'h_sum{q="x"} 2.65',
-        'h_count{q="x"} 4',
-    ]
-
-
-def test_render_counts_outcomes_and_times() -> None:
+def test_render_counts_outcomes_and_times_with_odd_labels_escaped() -> None:
     metrics = Metrics(port=None, buckets=(1.0, 10.0))
     now = datetime.now(UTC)
     for state, run in ((QueuedJob.State.SUCCEEDED, 0.5), (QueuedJob.State.RETRYING, 3.0)):
         metrics.record(
-            QueuedJob(
+            QueuedJob.from_trusted(  # a row as stored: the func is not checked again
                 id="x",
-                func="app.tasks.go",
+                func='app.tasks.go"\\\n',
                 queue="we.ird",
                 state=state,
                 scheduled_at=now - timedelta(seconds=12),
@@ -57,26 +37,31 @@ def test_render_counts_outcomes_and_times() -> None:
             run,
         )
     text = metrics.render()
-    assert 'chancy_jobs_total{queue="we.ird",func="app.tasks.go",outcome="succeeded"} 1' in text
-    assert 'chancy_jobs_total{queue="we.ird",func="app.tasks.go",outcome="retrying"} 1' in text
-    assert 'chancy_job_run_seconds_bucket{queue="we.ird",func="app.tasks.go",le="1"} 1' in text
-    assert 'chancy_job_wait_seconds_bucket{queue="we.ird",func="app.tasks.go",le="10"} 2' in text
-    assert "# TYPE chancy_job_wait_seconds histogram" in text
-    assert text.endswith("\n")
+    assert 'func="app.tasks.go\\"\\\\\\n"' in text  # escaped by the format's rules
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["chancy_jobs_completed"].type == "counter"
+    assert families["chancy_job_run_seconds"].type == "histogram"
+    assert families["chancy_queue_depth"].type == "gauge"
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value for f in families.values() for s in f.samples
+    }
+
+    def at(name: str, **labels: str) -> float:
+        return samples[(name, frozenset({"func": func, "queue": "we.ird", **labels}.items()))]
+
+    func = 'app.tasks.go"\\\n'
+    assert at("chancy_jobs_completed_total", state="succeeded") == 1
+    assert at("chancy_jobs_completed_total", state="retrying") == 1
+    assert at("chancy_job_run_seconds_bucket", le="1.0") == 1
+    assert at("chancy_job_wait_seconds_bucket", le="10.0") == 2
+    assert at("chancy_job_wait_seconds_sum") == pytest.approx(16.0, abs=0.1)
 
 
-def test_http_answers() -> None:
-    def render() -> str:
-        return "x 1\n"
-
-    ok = answer(b"GET /metrics?x=1 HTTP/1.1\r\nHost: h\r\n\r\n", render)
-    assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\nx 1\n")
-    assert b"Content-Length: 4\r\n" in ok
-    head = answer(b"HEAD / HTTP/1.1\r\n\r\n", render)
-    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
-    assert answer(b"GET /other HTTP/1.1\r\n\r\n", render).startswith(b"HTTP/1.1 404")
-    assert answer(b"POST /metrics HTTP/1.1\r\n\r\n", render).startswith(b"HTTP/1.1 405")
-    assert answer(b"garbage\r\n\r\n", render).startswith(b"HTTP/1.1 400")
+def test_nothing_goes_to_the_process_global_registry() -> None:
+    before = prometheus_client.generate_latest(prometheus_client.REGISTRY)
+    metrics = Metrics(port=None)
+    assert metrics.registry is not prometheus_client.REGISTRY
+    assert b"chancy_" not in before + prometheus_client.generate_latest(prometheus_client.REGISTRY)
 
 
 def test_port_comes_from_the_environment_only_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,10 +71,43 @@ def test_port_comes_from_the_environment_only_by_default(monkeypatch: pytest.Mon
     monkeypatch.setenv(PORT_ENV, "http")
     with pytest.raises(ConfigurationError, match=PORT_ENV):
         Metrics()
+    monkeypatch.setenv(PORT_ENV, "9464")
+    monkeypatch.setenv(INDEX_ENV, "2")  # the third child of `chancy worker start --processes`
+    assert Metrics().port == 9466
+    assert Metrics(port=9000).port == 9000  # an explicit port is left alone
+    monkeypatch.setenv(INDEX_ENV, "x")
+    with pytest.raises(ConfigurationError, match=INDEX_ENV):
+        Metrics()
     monkeypatch.delenv(PORT_ENV)
     assert Metrics().port is None
     with pytest.raises(ConfigurationError, match="port"):
         Metrics(port=70000)
+
+
+def test_metrics_app_refuses_something_else_than_the_plugin() -> None:
+    with pytest.raises(ConfigurationError, match='get_plugin\\("metrics"\\)'):
+        metrics_app(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_the_endpoint_serves_over_http_and_stops_with_its_task() -> None:
+    metrics = Metrics(port=0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(metrics._serve, None)  # type: ignore[arg-type]  # unused
+        with anyio.fail_after(10):
+            while metrics.address is None:
+                await anyio.sleep(0.01)
+        host, port = metrics.address
+
+        def get() -> str:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+                return str(response.read().decode())
+
+        assert "# TYPE chancy_jobs_completed_total counter" in await anyio.to_thread.run_sync(get)
+        tg.cancel_scope.cancel()
+    assert metrics.address is None
+    with pytest.raises(OSError):  # the port is closed: the server stopped with the task
+        await anyio.to_thread.run_sync(get)
 
 
 @pytest.mark.anyio
@@ -104,3 +122,37 @@ async def test_a_taken_port_is_logged_and_retried_not_fatal(
     assert scope.cancelled_caught  # still waiting to try again: the task did not die
     assert f"cannot serve on 127.0.0.1:{port}" in caplog.text
     assert metrics.address is None
+
+
+def test_every_metric_is_documented_and_the_grafana_dashboard_uses_only_those() -> None:
+    text = Metrics(port=None).render()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    exposed = {n for n in families if n.startswith("chancy_")}
+    assert {"process_cpu_seconds", "python_info"} <= families  # process_metrics=True
+    assert "process_" not in Metrics(port=None, process_metrics=False).render()
+    readme = (PLUGIN / "README.md").read_text()
+    readme = readme[readme.index("## What it measures") : readme.index("### Prometheus scrape")]
+    documented = set(re.findall(r"^\| `(chancy_[a-z_]+)` \|", readme, re.MULTILINE))
+    suffixed = {f"{name}_total" if name == "chancy_jobs_completed" else name for name in exposed}
+    assert documented == suffixed
+    dashboard = json.loads((PLUGIN / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs
+    used = {m for e in exprs for m in re.findall(r"\b(chancy_[a-z_]+)", e)}
+    allowed = documented | {f"{n}_{s}" for n in documented for s in ("bucket", "sum", "count")}
+    assert used <= allowed, used - allowed
+
+
+def test_the_outcome_adapter_reads_both_forms_of_the_completion_hook() -> None:
+    from types import SimpleNamespace
+
+    metrics = Metrics(port=None)
+    job = QueuedJob(id="00000000-0000-0000-0000-000000000004", func="a.b")
+    metrics._timings[job.id] = 1.5  # what chancy_job_wrap measured
+    assert metrics._outcome(job) == ("pending", 1.5, None)  # the first form: job.state
+    metrics._timings[job.id] = 1.5
+    outcome = SimpleNamespace(  # a chancy_core.Outcome
+        state=QueuedJob.State.SUCCEEDED, error=None, result=1, run_seconds=2.0, wait_seconds=0.5
+    )
+    assert metrics._outcome(job, outcome) == ("succeeded", 2.0, 0.5)
+    assert job.id not in metrics._timings

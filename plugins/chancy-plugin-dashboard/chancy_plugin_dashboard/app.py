@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Mount, Router
+from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -96,8 +96,10 @@ class Dashboard:
         and state, so keep it a few seconds on a large table).
     :param events_max_seconds: an event stream ends after this long (the browser
         reconnects), so a server can shut down without waiting for it.
-    :param extra_routes: more Starlette routes served behind the same authentication,
-        e.g. ``Route("/metrics", endpoint)`` for a Prometheus endpoint.
+    :param extra_routes: more Starlette routes served behind the same authentication.
+    :param metrics_endpoint: with chancy-plugin-metrics, serve its Prometheus endpoint at
+        ``/metrics`` (behind the same authentication: let your ``auth`` callback accept
+        the scraper's credential, e.g. a bearer token).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Dashboard:
         live_interval: float = 5.0,
         events_max_seconds: float = 300.0,
         extra_routes: Sequence[BaseRoute] = (),
+        metrics_endpoint: bool = True,
     ) -> None:
         if not isinstance(chancy, Chancy):
             raise ConfigurationError(
@@ -172,9 +175,7 @@ class Dashboard:
         routes: list[BaseRoute] = [
             *views.routes(),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
-            # Hook point for `/metrics` (issue 12, item 4): pass
-            # extra_routes=[Route("/metrics", endpoint)] to serve Prometheus metrics here,
-            # behind the same authentication.
+            *(self._metrics_routes() if metrics_endpoint else []),
             *extra_routes,
         ]
         router = Router(routes=routes, lifespan=self._lifespan)
@@ -197,6 +198,17 @@ class Dashboard:
                 render_error=self._render_error,
             ),
         )
+
+    def _metrics_routes(self) -> list[BaseRoute]:
+        """``/metrics``: the metrics plugin's Prometheus endpoint, when the app has it."""
+        plugin = self.chancy.plugins.get_plugin("metrics")
+        if plugin is None:
+            return []
+        from chancy_plugin_metrics import Metrics, metrics_app
+
+        if not isinstance(plugin, Metrics):
+            return []
+        return [Route("/metrics", metrics_app(plugin, self.chancy))]
 
     # --- ASGI ------------------------------------------------------------------------------
 

@@ -343,3 +343,22 @@ async def test_charts_page_when_the_metrics_plugin_is_installed(
         assert page.status_code == 404 and 'href="/charts"' not in (await signed_in.get("/")).text
         return
     assert page.status_code == 200 and "Attempts per minute" in page.text
+
+
+async def test_metrics_endpoint_when_the_metrics_plugin_is_installed(
+    app: Chancy, make_dashboard: MakeDashboard
+) -> None:
+    def scraper(request: Any) -> str | None:
+        return "prometheus" if request.headers.get("authorization") == "Bearer s3cret" else None
+
+    dashboard = make_dashboard(auth=scraper)
+    async with client_for(dashboard) as client:
+        assert (await client.get("/metrics")).status_code == 303  # never without credentials
+        answer = await client.get("/metrics", headers={"authorization": "Bearer s3cret"})
+        if not app.plugins.has_plugin("metrics"):
+            assert answer.status_code == 404
+            return
+        assert answer.status_code == 200 and "chancy_" in answer.text
+    async with client_for(make_dashboard(auth=scraper, metrics_endpoint=False)) as client:
+        off = await client.get("/metrics", headers={"authorization": "Bearer s3cret"})
+        assert off.status_code == 404

@@ -222,4 +222,7 @@ def test_every_page_opens(page: Page, world: World) -> None:
         if name == "workers":
             expect(page.locator("main")).to_contain_text(running.identifier[-12:])
         screenshot(page, name)
+    metrics = page.goto("/metrics")  # the metrics plugin's endpoint, behind the login
+    assert metrics is not None and metrics.status == 200
+    assert "chancy_queue_depth" in metrics.text()
     world.app.sync_cancel_job(running)

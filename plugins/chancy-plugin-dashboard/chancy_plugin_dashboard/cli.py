@@ -25,7 +25,6 @@ import sys
 from typing import Any
 
 from chancy_core import Chancy
-from chancy_core.app import DSN_ENV
 from chancy_core.cli import UsageError, load_app
 from chancy_core.errors import ChancyError, ConfigurationError
 from chancy_plugin_dashboard.app import Dashboard
@@ -33,6 +32,7 @@ from chancy_plugin_dashboard.security import hash_password
 
 __all__ = ["PASSWORD_HASH_ENV", "SECRET_KEY_ENV", "load_asgi", "register"]
 
+DSN_ENV = "CHANCY_DSN"
 PASSWORD_HASH_ENV = "CHANCY_DASHBOARD_PASSWORD_HASH"
 SECRET_KEY_ENV = "CHANCY_DASHBOARD_SECRET_KEY"
 

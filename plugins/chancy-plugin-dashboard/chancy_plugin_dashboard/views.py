@@ -23,7 +23,6 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from chancy_core import ChancyError, Job, QueuedJob
-from chancy_core.job import to_json
 from chancy_plugin_dashboard import charts
 from chancy_plugin_dashboard.security import dashboard_state, verify_password
 
@@ -490,10 +489,6 @@ class Views:
             raise ChancyError(f"the arguments are not valid JSON ({exc})") from None
         if not isinstance(kwargs, dict):
             raise ChancyError('the arguments must be a JSON object, e.g. {"to": "a@example.com"}')
-        try:
-            to_json(kwargs)
-        except ValueError as exc:
-            raise ChancyError(f"the arguments cannot be stored: {exc}") from None
         changes: dict[str, Any] = {"kwargs": {**(template.kwargs or {}), **kwargs}}
         if form.get("queue", "").strip():
             changes["queue"] = form["queue"].strip()

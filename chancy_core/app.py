@@ -1089,7 +1089,7 @@ class Chancy:
         self.__dict__.get("_declared_queues", set()).discard(name)
         return deleted
 
-    async def update_queue(self, name: str, /, **changes: Any) -> Queue:
+    async def update_queue(self, name: str, **changes: Any) -> Queue:
         """Change only the given settings of a declared queue (``concurrency``,
         ``executor``, ``executor_options``, ``rate_limit``, ``rate_limit_window``,
         ``polling_interval``, ``tags``); returns the queue as it now is."""
@@ -1098,7 +1098,7 @@ class Chancy:
         )
         return queue
 
-    def sync_update_queue(self, name: str, /, **changes: Any) -> Queue:
+    def sync_update_queue(self, name: str, **changes: Any) -> Queue:
         """Sync twin of :meth:`update_queue`."""
         queue: Queue = self.sync_execute(
             admin.update_queue_op(self.schema, name, changes), transaction=True

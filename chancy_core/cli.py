@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +35,7 @@ from typing import Any, NoReturn
 
 import anyio
 import pluggy
+import psycopg
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -45,7 +48,7 @@ from chancy_core.errors import (
     JobNotFoundError,
     QueueNotFoundError,
 )
-from chancy_core.job import Job, QueuedJob
+from chancy_core.job import Job, Limit, QueuedJob
 from chancy_core.plugins import ENTRY_POINT_GROUP, build_plugin_manager, registered
 from chancy_core.queue import EXECUTORS, Queue
 from chancy_core.worker import Worker
@@ -105,10 +108,17 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# Columns never wrapped (ids, times, numbers): the others fold when the terminal is narrow.
+_WHOLE = {"ID", "WORKER", "DUE (UTC)", "STATE", "TRIES", "PRIO", "PID", "HEARTBEAT"}
+_MIN = {"QUEUE": 7, "FUNC": 16, "LAST ERROR": 12}
+
+
 def _table(*columns: str) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(
+            column, overflow="fold", no_wrap=column in _WHOLE, min_width=_MIN.get(column)
+        )
     return table
 
 
@@ -168,6 +178,16 @@ def _parse_time(text: str, *, future: bool = False) -> datetime:
 
 def _future_time(text: str) -> datetime:
     return _parse_time(text, future=True)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -296,6 +316,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@functools.cache  # once per function: a file of many jobs warns once, imports once
 def job_template(func: str) -> Job | None:
     """The ``@job`` template of ``func`` if it can be imported and is decorated, else None
     (a warning says why when it cannot be imported)."""
@@ -380,7 +401,10 @@ def _job_from_line(data: Any, where: str) -> Job:
         raise ConfigurationError(f"{where}: kwargs must be a JSON object")
     fields = {k: v for k, v in data.items() if k not in ("func", "kwargs") and v is not None}
     if "scheduled_at" in fields:
-        fields["scheduled_at"] = _parse_time(str(fields["scheduled_at"]), future=True)
+        try:
+            fields["scheduled_at"] = _parse_time(str(fields["scheduled_at"]), future=True)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigurationError(f"{where}: scheduled_at {exc}") from None
     try:
         template = job_template(data["func"])
         if template is not None:
@@ -421,7 +445,7 @@ async def _check(app: Chancy, args: argparse.Namespace) -> int:
         try:
             cur = await conn.execute(ledger)
             applied = {(c, v) for c, v in await cur.fetchall()}
-        except Exception:
+        except psycopg.errors.UndefinedTable:  # never migrated
             applied = set()
     for mset in app.migration_sets():
         missing = [m for m in mset.migrations if (mset.component, m.version) not in applied]
@@ -536,9 +560,7 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
     if not page.jobs:
         print("no jobs match", file=sys.stderr)
         return EXIT_OK
-    table = _table(
-        "ID", "QUEUE", "FUNC", "STATE", "ATTEMPTS", "PRIO", "SCHEDULED (UTC)", "LAST ERROR"
-    )
+    table = _table("ID", "QUEUE", "FUNC", "STATE", "TRIES", "PRIO", "DUE (UTC)", "LAST ERROR")
     for job in page.jobs:
         last = job.errors[-1]["traceback"].strip().splitlines()[-1] if job.errors else ""
         table.add_row(
@@ -548,7 +570,7 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
             _styled(job.state.value),
             f"{job.attempts}/{job.max_attempts}",
             str(job.priority),
-            _when(job.scheduled_at),
+            job.scheduled_at.astimezone(UTC).strftime("%m-%d %H:%M:%S"),
             last[:80],
         )
     _console().print(table)
@@ -708,8 +730,27 @@ async def _job_push(app: Chancy, args: argparse.Namespace) -> int:
         fields["unique_key"] = args.unique_key
     if args.at is not None:
         fields["scheduled_at"] = args.at
+    limits = [
+        Limit(kind, value)
+        for kind, value in (
+            (Limit.Type.TIME, args.time_limit),
+            (Limit.Type.MEMORY, args.memory_limit),
+        )
+        if value is not None
+    ]
+    if limits:
+        fields["limits"] = limits
     job = job_from_arguments(args, **fields)
     ref = await app.push(job)
+    if job.unique_key is not None:
+        existing = await app.get_job(ref)
+        if existing is not None and (existing.func, existing.kwargs) != (job.func, job.kwargs):
+            logging.getLogger(__name__).warning(
+                "unique key %r is held by job %s (%s, other kwargs): this push added nothing",
+                job.unique_key,
+                ref,
+                existing.state.value,
+            )
     if args.json:
         _print_json({"id": ref.identifier, "queue": job.queue, "func": job.func})
     else:
@@ -1093,6 +1134,14 @@ async def _worker_start(app: Chancy, args: argparse.Namespace) -> int:
                 logging.getLogger(__name__).warning(
                     "updated queue %s for every worker: %s", name, _describe(updated)
                 )
+    if args.worker_id:
+        await _refuse_a_live_namesake(app, args.worker_id)
+    names = [name for name, _ in registered(app.plugins)]
+    if "recovery" not in names:
+        logging.getLogger(__name__).warning(
+            "no recovery plugin: if this worker dies (kill -9, OOM, power loss) its running"
+            " jobs stay running for ever; install chancy-plugin-recovery"
+        )
     worker = Worker(
         app,
         worker_id=args.worker_id,
@@ -1106,11 +1155,49 @@ async def _worker_start(app: Chancy, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _start_processes(argv: Sequence[str], count: int) -> int:
-    """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM.
+def _option_value(argv: list[str], name: str) -> str | None:
+    """The value of option ``name`` in ``argv`` (the last one), removing every occurrence."""
+    found = None
+    n = 0
+    while n < len(argv):
+        if argv[n] == name and n + 1 < len(argv):
+            found = argv[n + 1]
+            del argv[n : n + 2]
+        elif argv[n].startswith(name + "="):
+            found = argv[n].partition("=")[2]
+            del argv[n]
+        else:
+            n += 1
+    return found
 
-    Child ``n`` gets ``$CHANCY_PROCESS_INDEX=n``.
-    """
+
+async def _refuse_a_live_namesake(app: Chancy, worker_id: str) -> None:
+    """Refuse to start a second worker under the id of one that is alive (its heartbeat is
+    recent, and it is not a process of this host that has exited)."""
+    for info in await app.list_workers(timeout=30.0):
+        if info.worker_id != worker_id or not info.alive:
+            continue
+        if info.hostname == socket.gethostname() and not _pid_running(info.pid):
+            continue  # it crashed here moments ago: this is its restart
+        raise ConfigurationError(
+            f"a worker with id {worker_id!r} is alive (pid {info.pid} on {info.hostname},"
+            f" heartbeat {info.heartbeat_age:.0f}s ago): give this one another --worker-id,"
+            " or stop that one first"
+        )
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _start_processes(argv: Sequence[str], count: int) -> int:
+    """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM."""
     child_argv: list[str] = []
     skip = False
     for arg in argv:
@@ -1123,13 +1210,31 @@ def _start_processes(argv: Sequence[str], count: int) -> int:
         if arg.startswith("--processes="):
             continue
         child_argv.append(arg)
-    # Each child learns its index (0..count-1), e.g. for a metrics port per child.
+    worker_id = _option_value(child_argv, "--worker-id")
+    port = os.environ.get("CHANCY_METRICS_PORT", "").strip()
+
+    def env_of(n: int) -> dict[str, str]:
+        # One metrics port per child: PORT, PORT+1, ... (the metrics plugin reads it).
+        if not port.isdigit():
+            return dict(os.environ)
+        return {**os.environ, "CHANCY_METRICS_PORT": str(int(port) + n - 1)}
+
+    # Each child in its own process group: a terminal's Ctrl-C (sent to the foreground
+    # group) reaches only this parent, which forwards it once; a child that got it twice
+    # would take the second as "stop now" instead of draining its jobs.
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "chancy_core.cli", *child_argv],
-            env={**os.environ, "CHANCY_PROCESS_INDEX": str(n)},
+            [
+                sys.executable,
+                "-m",
+                "chancy_core.cli",
+                *child_argv,
+                *(["--worker-id", f"{worker_id}-{n}"] if worker_id else []),
+            ],
+            env=env_of(n),
+            process_group=0,
         )
-        for n in range(count)
+        for n in range(1, count + 1)
     ]
 
     def forward(signum: int, frame: object) -> None:
@@ -1360,10 +1465,15 @@ def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
         metavar="TAG",
         help="worker tag (repeat); a queue is served by workers whose tags match its patterns",
     )
-    start.add_argument("--worker-id", default=None, help="the worker's id (default: random)")
+    start.add_argument(
+        "--worker-id",
+        default=None,
+        help="the worker's id (default: random); with --processes N, ID-1 ... ID-N. A worker"
+        " whose id is alive elsewhere refuses to start",
+    )
     start.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=_non_negative,
         default=30.0,
         metavar="SECONDS",
         help="how long running jobs get to finish on SIGTERM/SIGINT (default 30)",
@@ -1470,6 +1580,20 @@ def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
         default=None,
         metavar="TIME",
         help="run no earlier than TIME (ISO 8601, or a delay: 30s, 15m, 2h)",
+    )
+    push.add_argument(
+        "--time-limit",
+        type=_positive_int,
+        default=None,
+        metavar="SECONDS",
+        help="stop the job after this many seconds (it then follows its retry policy)",
+    )
+    push.add_argument(
+        "--memory-limit",
+        type=_positive_int,
+        default=None,
+        metavar="BYTES",
+        help="process queues: kill the job when its resident memory passes this",
     )
     push.add_argument(
         "--file",

@@ -396,8 +396,8 @@ async def test_update_queue_changes_only_what_is_given(chancy):
         state=Queue.State.PAUSED,
     )
     assert await chancy.get_queue("q") == updated
-    with pytest.raises(ConfigurationError, match="cannot change name, state"):
-        await chancy.update_queue("q", state="active", name="x")  # name: a setting here
+    with pytest.raises(ConfigurationError, match="cannot change state, tagz"):
+        await chancy.update_queue("q", state="active", tagz=["x"])
     with pytest.raises(QueueNotFoundError, match="queue 'nope' is not declared"):
         await chancy.update_queue("nope", concurrency=2)
     with pytest.raises(Exception, match="concurrency must be an integer"):
@@ -467,3 +467,19 @@ async def test_push_checks_kwargs_against_a_known_function(chancy):
     # A function push cannot see (module not imported) is not checked: the worker is.
     assert await chancy.push(Job(func="not_imported_module.anything", kwargs={"x": 1}))
     assert (await chancy.list_jobs()).jobs[0].func == "not_imported_module.anything"
+
+
+@pytest.mark.anyio
+async def test_bulk_actions_on_hundreds_of_jobs_notify_in_small_payloads(chancy):
+    """A NOTIFY payload must stay under 8000 bytes: ids go 100 to a notification."""
+    listener = await chancy.connect()
+    await listener.execute(f'LISTEN "{chancy.schema.channel}"')
+    await push_many(chancy, "q", 450)
+    assert await chancy.cancel_jobs(queue="q") == 450
+    assert await chancy.retry_jobs(queue="q") == 450
+    assert await chancy.delete_jobs(queue="q") == 450
+    notes = [json.loads(n.payload) async for n in listener.notifies(timeout=0.5)]
+    await listener.close()
+    done = [n for n in notes if n["e"] == "done"]
+    assert sum(len(n["ids"]) for n in done) == 900  # cancelled, then deleted
+    assert max(len(n["ids"]) for n in done) <= 100

@@ -115,3 +115,71 @@ def test_usage_errors_are_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("chancy: error: argument --state")
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from chancy_core.cli import build_parser
+    from chancy_core.plugins import build_plugin_manager
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif action.help is None and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(build_plugin_manager(None, autoload=False)), "chancy")
+    assert missing == []
+
+
+def test_processes_gives_each_child_its_own_worker_id():
+    from chancy_core.cli import _option_value
+
+    argv = ["worker", "start", "--worker-id", "w", "--tags", "x", "--worker-id=z"]
+    assert _option_value(argv, "--worker-id") == "z"
+    assert argv == ["worker", "start", "--tags", "x"]
+
+
+def test_job_push_limits_and_a_dropped_unique_key_push_is_told(database, capsys):
+    dsn = ["--dsn", database, "-q"]
+    assert run(capsys, *dsn, "queue", "declare", "default")[0] == 0
+    push = [*dsn, "job", "push", "elsewhere.f", "--unique-key", "k", "--time-limit", "30"]
+    status, out, _ = run(capsys, *push, "--kwargs", '{"a": 1}')
+    ref = out.strip()
+    status, out, _ = run(capsys, *dsn, "job", "get", ref, "--json")
+    assert json.loads(out)["limits"] == [{"t": "time", "v": 30}]
+    status, out, err = run(capsys, *push, "--kwargs", '{"a": 2}', "-v")
+    assert (status, out.strip()) == (0, ref)
+    assert f"unique key 'k' is held by job {ref} (pending, other kwargs)" in err
+
+
+def test_check_fails_on_a_database_that_was_never_migrated(postgres_dsn, capsys):
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from chancy_core.testing import dsn_for_database
+
+    name = f"chancy_unmigrated_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = dsn_for_database(postgres_dsn, name)
+        status, out, _ = run(capsys, "--dsn", dsn, "-q", "check", "--json")
+        found = json.loads(out)
+        assert status == 1 and found["ok"] is False
+        (core,) = [c for c in found["checks"] if c["check"] == "migrations core"]
+        assert "not applied" in core["detail"] and "run `chancy migrate`" in core["detail"]
+        assert run(capsys, "--dsn", dsn, "-q", "migrate")[0] == 0
+        assert run(capsys, "--dsn", dsn, "-q", "check")[0] == 0
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,12 @@ async def send_welcome(to: str) -> str:
 
 def always_fails() -> None:
     raise RuntimeError("nope")
+
+
+async def nap(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
 """
 
 
@@ -218,8 +225,10 @@ def test_job_push_honours_job_defaults_checks_kwargs_and_reads_a_file(project):
     lines = [json.dumps({"func": "myapp.tasks.send_welcome", "kwargs": {"to": f"u{i}"}})
              for i in range(250)]  # fmt: skip
     (project / "jobs.jsonl").write_text("\n".join(lines) + "\n")
-    assert ok(chancy(project, *app, "job", "push", "--file", "jobs.jsonl", "--batch-size",
-                     "100")) == "pushed 250 job(s) from jobs.jsonl\n"  # fmt: skip
+    pushed_file = chancy(project, *app, "job", "push", "--file", "jobs.jsonl", "--progress",
+                         "--batch-size", "100")  # fmt: skip
+    assert ok(pushed_file) == "pushed 250 job(s) from jobs.jsonl\n"
+    assert "250/250" in pushed_file.stderr  # the progress bar's last state
     (project / "bad.jsonl").write_text(lines[0] + '\n{"func": 1}\n')
     one_line_error(chancy(project, *app, "job", "push", "--file", "bad.jsonl"), 1,
                    "bad.jsonl line 2: each line must be a JSON object")  # fmt: skip
@@ -252,6 +261,8 @@ def test_a_worker_started_with_the_app_runs_jobs_with_its_plugins(project, worke
 
     (listed,) = json.loads(ok(chancy(project, *app, "worker", "list", "--json")))
     assert listed["worker_id"] == "e2e-worker" and listed["alive"] is True
+    twin = chancy(project, *app, "worker", "start", "--worker-id", "e2e-worker")
+    one_line_error(twin, 1, "a worker with id 'e2e-worker' is alive")
     assert "e2e-worker" in ok(chancy(project, *app, "worker", "list"))
 
     failing = ok(chancy(project, *app, "job", "push", "myapp.tasks.always_fails")).strip()
@@ -313,3 +324,54 @@ def test_logging_options_json_lines_and_quiet(project):
     assert "cannot import elsewhere.tasks" in line["message"] and line["pid"] > 0
     quiet = chancy(project, *app, "job", "push", "elsewhere.tasks.go", "-q")
     assert ok(quiet) and quiet.stderr == ""
+
+
+def test_ctrl_c_on_processes_drains_the_running_jobs(project):
+    """A terminal's Ctrl-C goes to the whole foreground process group: the children must
+    get it once (from the parent), and drain their jobs rather than stop them."""
+    app = ["--app", "myapp:chancy"]
+    ok(chancy(project, *app, "migrate"))
+    ok(chancy(project, *app, "queue", "declare", "naps", "--concurrency", "2"))
+    log = (project / "processes.log").open("w")
+    parent = subprocess.Popen(
+        [CHANCY, "worker", "start", *app, "--processes", "2", "--worker-id", "px",
+         "--shutdown-timeout", "30"],
+        cwd=project, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )  # fmt: skip
+    try:
+        line = json.dumps({"func": "myapp.tasks.nap", "kwargs": {"seconds": 6}, "queue": "naps"})
+        (project / "naps.jsonl").write_text((line + "\n") * 4)
+        ok(chancy(project, *app, "-q", "job", "push", "--file", "naps.jsonl"))
+        refs = [j["id"] for j in json.loads(ok(chancy(project, *app, "-q", "job", "list",
+                                                      "--json")))["jobs"]]  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            workers = json.loads(ok(chancy(project, *app, "-q", "worker", "list", "--json")))
+            running = sum(len(w["running"]) for w in workers)
+            if running >= 2:
+                break
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.2)
+        assert sorted(w["worker_id"] for w in workers) == ["px-1", "px-2"]
+        os.killpg(parent.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert parent.wait(timeout=60) == 0
+    finally:
+        if parent.poll() is None:  # the children have process groups of their own
+            parent.send_signal(signal.SIGTERM)
+            try:
+                parent.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(parent.pid, signal.SIGKILL)
+                parent.wait()
+        log.close()
+    states = [
+        json.loads(ok(chancy(project, *app, "-q", "job", "get", ref, "--json")))["state"]
+        for ref in refs
+    ]
+    # The jobs that were running finished (drained); none was cut off and put back.
+    assert len(states) == 4 and states.count("succeeded") >= 2, (
+        states,
+        (project / "processes.log").read_text(),
+    )
+    assert "again; stopping running jobs" not in (project / "processes.log").read_text()

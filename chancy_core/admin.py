@@ -54,6 +54,7 @@ from chancy_core.errors import (
     QueueNotFoundError,
 )
 from chancy_core.job import Job, QueuedJob, Reference, check_queue_name, registered_jobs
+from chancy_core.ops import Operation, Rows, Step
 from chancy_core.queue import Queue
 
 __all__ = [
@@ -64,9 +65,6 @@ __all__ = [
     "WorkerInfo",
 ]
 
-Rows = list[tuple[Any, ...]]
-Step = tuple[bytes, dict[str, Any]]
-Operation = Generator[Step, Rows, Any]
 P = ParamSpec("P")
 
 StateFilter = QueuedJob.State | str | Sequence[QueuedJob.State | str] | None
@@ -179,16 +177,8 @@ def _resumed(op: Operation, first: Step) -> Operation:
         rows = yield step
 
 
-def _job_from_row(row: Sequence[Any]) -> QueuedJob:
-    from chancy_core.app import job_from_row  # app imports this module
-
-    return job_from_row(row)
-
-
-def _queue_from_row(row: Sequence[Any]) -> Queue:
-    from chancy_core.app import queue_from_row
-
-    return queue_from_row(row)
+_job_from_row = q.job_from_row
+_queue_from_row = q.queue_from_row
 
 
 def job_id(ref: Reference | str) -> uuid.UUID:

@@ -29,7 +29,7 @@ from psycopg.adapt import AdaptersMap
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from chancy_core import admin
+from chancy_core import admin, events, hooks
 from chancy_core import sql as q
 from chancy_core.admin import JobPage, QueueStats, StateFilter, WorkerInfo
 from chancy_core.errors import (
@@ -40,19 +40,20 @@ from chancy_core.errors import (
     QueueNotFoundError,
     SchemaMissingError,
 )
+from chancy_core.hooks import implemented
 from chancy_core.job import (
-    FUNC_NAME,
     IsAJob,
     Job,
-    Limit,
     QueuedJob,
     Reference,
     check_queue_name,
     to_json,
 )
 from chancy_core.migrations import MigrationSet, apply, load_migrations
-from chancy_core.plugins import build_plugin_manager, implemented
+from chancy_core.ops import Operation, Rows, Step
+from chancy_core.plugins import build_plugin_manager
 from chancy_core.queue import Queue
+from chancy_core.sql import job_from_row, queue_from_row
 
 __all__ = ["DSN_ENV", "Chancy", "mask_dsn"]
 
@@ -61,9 +62,6 @@ log = logging.getLogger(__name__)
 DSN_ENV = "CHANCY_DSN"
 FINAL_STATES = frozenset({QueuedJob.State.SUCCEEDED, QueuedJob.State.FAILED})
 
-Rows = list[tuple[Any, ...]]
-Step = tuple[bytes, dict[str, Any]]
-Operation = Generator[Step, Rows, Any]
 AnyExecutor = (
     psycopg.AsyncConnection[Any]
     | psycopg.AsyncCursor[Any]
@@ -142,54 +140,6 @@ def _job_id(ref: Reference | str) -> uuid.UUID:
         ) from None
 
 
-def job_from_row(row: Sequence[Any]) -> QueuedJob:
-    """Build a :class:`QueuedJob` from a row of ``sql.JOB_COLUMNS``."""
-    (
-        id_,
-        queue,
-        func,
-        kwargs,
-        meta,
-        priority,
-        max_attempts,
-        attempts,
-        state,
-        scheduled_at,
-        started_at,
-        completed_at,
-        limits,
-        unique_key,
-        errors,
-    ) = row
-    # The few checks a row written by hand can fail; the schema constrains the rest.
-    if not isinstance(func, str) or not FUNC_NAME.match(func):
-        raise InvalidJobError(f"invalid func {func!r}: not an importable name")
-    if not isinstance(meta, dict):
-        raise InvalidJobError(f"meta must be a dict, not {type(meta).__name__}")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise InvalidJobError(f"kwargs must be a dict, not {type(kwargs).__name__}")
-    return QueuedJob.from_trusted(
-        id=str(id_),
-        queue=queue,
-        func=func,
-        kwargs=kwargs,
-        meta=meta,
-        priority=priority,
-        max_attempts=max_attempts,
-        attempts=attempts,
-        state=_STATES[state],
-        scheduled_at=scheduled_at,
-        started_at=started_at,
-        completed_at=completed_at,
-        limits=[Limit.deserialize(limit) for limit in limits] if limits else [],
-        unique_key=unique_key,
-        errors=errors,
-    )
-
-
-_STATES = {state.value: state for state in QueuedJob.State}
-
-
 def _lost_connection(exc: psycopg.Error) -> bool:
     """Whether ``exc`` means the connection failed (not, say, a deadlock, which is also an
     ``OperationalError``): no SQLSTATE, connection exceptions (08) or a shutdown (57P)."""
@@ -213,22 +163,6 @@ def _loads(data: bytes | str) -> Any:
 #: The adapters of chancy's connections: psycopg's, with the faster jsonb loader.
 ADAPTERS = AdaptersMap(psycopg.adapters)
 set_json_loads(_loads, ADAPTERS)
-
-
-def queue_from_row(row: Sequence[Any]) -> Queue:
-    """Build a :class:`Queue` from a row of ``sql.QUEUE_COLUMNS``."""
-    (name, concurrency, executor, options, interval, rate_limit, window, tags, state) = row
-    return Queue(
-        name,
-        concurrency=concurrency,
-        executor=executor,
-        executor_options=options,
-        polling_interval=interval,
-        rate_limit=rate_limit,
-        rate_limit_window=window,
-        tags=frozenset(tags),
-        state=Queue.State(state),
-    )
 
 
 class Chancy:
@@ -502,7 +436,7 @@ class Chancy:
                 )
             result.append(found)
         if result and implemented(self.plugins.hook.chancy_before_push):
-            self.plugins.hook.chancy_before_push(app=self, jobs=result)
+            hooks.call_sync_event(self.plugins.hook.chancy_before_push, app=self, jobs=result)
         return result
 
     def _push_op(self, jobs: list[Job]) -> Operation:
@@ -716,7 +650,7 @@ class Chancy:
                         )
                 try:
                     async for note in conn.notifies(timeout=wait):
-                        if job_id in note.payload:
+                        if events.finishes(note.payload, job_id):
                             break
                 except psycopg.OperationalError:
                     await conn.close()
@@ -765,7 +699,7 @@ class Chancy:
                         )
                 try:
                     for note in conn.notifies(timeout=wait):
-                        if job_id in note.payload:
+                        if events.finishes(note.payload, job_id):
                             break
                 except psycopg.OperationalError:
                     conn.close()

@@ -1197,7 +1197,11 @@ def _pid_running(pid: int) -> bool:
 
 
 def _start_processes(argv: Sequence[str], count: int) -> int:
-    """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM."""
+    """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM.
+
+    Child ``n`` gets ``$CHANCY_PROCESS_INDEX=n`` (0 to ``count - 1``; e.g. a metrics port
+    per child) and, with ``--worker-id ID``, the id ``ID-<n + 1>``.
+    """
     child_argv: list[str] = []
     skip = False
     for arg in argv:
@@ -1211,14 +1215,6 @@ def _start_processes(argv: Sequence[str], count: int) -> int:
             continue
         child_argv.append(arg)
     worker_id = _option_value(child_argv, "--worker-id")
-    port = os.environ.get("CHANCY_METRICS_PORT", "").strip()
-
-    def env_of(n: int) -> dict[str, str]:
-        # One metrics port per child: PORT, PORT+1, ... (the metrics plugin reads it).
-        if not port.isdigit():
-            return dict(os.environ)
-        return {**os.environ, "CHANCY_METRICS_PORT": str(int(port) + n - 1)}
-
     # Each child in its own process group: a terminal's Ctrl-C (sent to the foreground
     # group) reaches only this parent, which forwards it once; a child that got it twice
     # would take the second as "stop now" instead of draining its jobs.
@@ -1229,12 +1225,12 @@ def _start_processes(argv: Sequence[str], count: int) -> int:
                 "-m",
                 "chancy_core.cli",
                 *child_argv,
-                *(["--worker-id", f"{worker_id}-{n}"] if worker_id else []),
+                *(["--worker-id", f"{worker_id}-{n + 1}"] if worker_id else []),
             ],
-            env=env_of(n),
+            env={**os.environ, "CHANCY_PROCESS_INDEX": str(n)},
             process_group=0,
         )
-        for n in range(1, count + 1)
+        for n in range(count)
     ]
 
     def forward(signum: int, frame: object) -> None:
@@ -1748,7 +1744,8 @@ def setup_logging(*, verbose: int, quiet: int, fmt: str, worker: bool) -> None:
 
 
 def _error(message: str, status: int) -> int:
-    print(f"chancy: error: {message}", file=sys.stderr)
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"chancy: error: {one_line}", file=sys.stderr)
     return status
 
 

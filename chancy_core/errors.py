@@ -16,13 +16,18 @@ __all__ = [
     "DatabaseUnavailableError",
     "InvalidJobError",
     "InvalidQueueError",
+    "JobCancelled",
+    "JobCrashed",
     "JobNotAllowedError",
     "JobNotFoundError",
     "JobStateError",
+    "MemoryLimitExceeded",
     "MigrationError",
     "PluginError",
     "QueueNotFoundError",
+    "RemoteError",
     "SchemaMissingError",
+    "TimeLimitExceeded",
     "WorkerError",
 ]
 
@@ -80,6 +85,29 @@ class PluginError(ChancyError):
 
 class WorkerError(ChancyError):
     """The worker could not do what was asked."""
+
+
+# --- why a job's attempt failed (the ``error`` of its outcome) ------------------------------
+
+
+class JobCancelled(ChancyError):
+    """The job was cancelled with ``cancel_job``; it is not retried."""
+
+
+class TimeLimitExceeded(ChancyError, TimeoutError):
+    """The job ran past its time limit: raise the limit or make the job faster."""
+
+
+class MemoryLimitExceeded(ChancyError, MemoryError):
+    """The job's process used more resident memory than its limit allowed."""
+
+
+class JobCrashed(ChancyError):
+    """The process running the job exited without reporting an outcome."""
+
+
+class RemoteError(ChancyError):
+    """An exception raised in a child process that could not be sent back as itself."""
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (

@@ -11,7 +11,12 @@ may accept any subset of a hook's arguments. Two kinds of hook exist:
   kills a worker.
 
 A hook nobody implements costs nothing on the per-job path: the worker checks
-once, at start, which hooks have implementations.
+once, at start, which hooks have implementations. Every call goes through
+:mod:`chancy_core.hooks`, so pluggy's tracing sees it.
+
+Worker hooks receive a :class:`WorkerHandle`, the part of the worker plugins may
+rely on; ``chancy_job_completed`` receives a :class:`~chancy_core.Outcome`, and
+``chancy_retry_decision`` may return a :class:`~chancy_core.RetryDecision`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
@@ -27,19 +32,68 @@ if TYPE_CHECKING:
     from chancy_core.app import Chancy
     from chancy_core.job import Job, QueuedJob
     from chancy_core.migrations import MigrationSet
-    from chancy_core.worker import Worker
+    from chancy_core.outcome import Outcome, RetryDecision
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = ["RegisterTask", "WorkerHandle", "WorkerTask", "hookimpl", "hookspec"]
 
 PROJECT = "chancy"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-#: ``register(name, func, *, leader_only=False)``: the callable passed to
-#: :func:`chancy_worker_tasks`. ``func(worker)`` is a coroutine function that
-#: runs until cancelled.
-RegisterTask = Callable[..., None]
-WorkerTask = Callable[["Worker"], Awaitable[None]]
+
+class WorkerHandle(Protocol):
+    """What hooks and plugin tasks see of the worker that calls them.
+
+    :class:`chancy_core.Worker` implements it; plugins should rely on nothing else,
+    so the worker's internals can change without breaking them."""
+
+    @property
+    def worker_id(self) -> str:
+        """The worker's unique id (its row in the workers table, ``taken_by`` of its jobs)."""
+        ...
+
+    @property
+    def app(self) -> Chancy:
+        """The app the worker runs jobs of."""
+        ...
+
+    @property
+    def chancy(self) -> Chancy:
+        """The same as :attr:`app` (the name older plugins use)."""
+        ...
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """The worker's tags."""
+        ...
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this worker leads now (runs the leader-only tasks)."""
+        ...
+
+    @property
+    def running_jobs(self) -> list[QueuedJob]:
+        """The jobs the worker is executing right now."""
+        ...
+
+    async def set_leader(self, leader: bool) -> None:
+        """Become (or stop being) the leader: start or stop the leader-only tasks. For
+        leadership plugins (see :func:`chancy_elects_leader`)."""
+        ...
+
+
+#: A plugin's background task: ``func(worker)`` runs until cancelled.
+WorkerTask = Callable[[WorkerHandle], Awaitable[None]]
+
+
+class RegisterTask(Protocol):
+    """The callable passed to :func:`chancy_worker_tasks`."""
+
+    def __call__(self, name: str, func: WorkerTask, *, leader_only: bool = False) -> None:
+        """Run ``func(worker)`` in the worker's task group (restarted after a pause if it
+        raises); with ``leader_only=True``, only while the worker leads."""
+        ...
 
 
 # -------------------------------------------------------------------------------------------
@@ -90,7 +144,7 @@ def chancy_before_push(app: Chancy, jobs: list[Job]) -> None:
 
 
 @hookspec
-def chancy_worker_started(worker: Worker) -> None:
+def chancy_worker_started(worker: WorkerHandle) -> None:
     """The worker has registered itself and is about to take jobs.
 
     May be ``async def``. Runs on every worker.
@@ -100,7 +154,7 @@ def chancy_worker_started(worker: Worker) -> None:
 
 
 @hookspec
-def chancy_worker_stopping(worker: Worker) -> None:
+def chancy_worker_stopping(worker: WorkerHandle) -> None:
     """The worker has stopped taking jobs and is shutting down.
 
     Called before running jobs are drained; shielded, with the shutdown
@@ -111,7 +165,7 @@ def chancy_worker_stopping(worker: Worker) -> None:
 
 
 @hookspec
-def chancy_worker_tasks(worker: Worker, register: RegisterTask) -> None:
+def chancy_worker_tasks(worker: WorkerHandle, register: RegisterTask) -> None:
     """Register background tasks to run in the worker's task group.
 
     Call ``register(name, func, leader_only=False)`` for each task;
@@ -129,7 +183,7 @@ def chancy_worker_tasks(worker: Worker, register: RegisterTask) -> None:
 
 
 @hookspec(firstresult=True)
-def chancy_elects_leader(worker: Worker) -> bool | None:
+def chancy_elects_leader(worker: WorkerHandle) -> bool | None:
     """Whether a plugin elects a leader among workers.
 
     When an implementation returns ``True``, leader-only tasks wait until the
@@ -144,7 +198,7 @@ def chancy_elects_leader(worker: Worker) -> bool | None:
 
 
 @hookspec
-def chancy_leadership_changed(worker: Worker, is_leader: bool) -> None:
+def chancy_leadership_changed(worker: WorkerHandle, is_leader: bool) -> None:
     """This worker became the leader, or stopped being it.
 
     May be ``async def``. Runs on the worker whose leadership changed.
@@ -160,8 +214,11 @@ def chancy_leadership_changed(worker: Worker, is_leader: bool) -> None:
 
 
 @hookspec
-def chancy_job_starting(worker: Worker, job: QueuedJob) -> None:
+def chancy_job_starting(worker: WorkerHandle, job: QueuedJob) -> None:
     """A claimed job is about to run.
+
+    Changes made here to ``job.meta`` (in place: ``job.meta[key] = ...``) are saved
+    with the attempt's outcome, as the job's own are.
 
     May be ``async def``. Runs on the worker that claimed the job.
 
@@ -171,16 +228,20 @@ def chancy_job_starting(worker: Worker, job: QueuedJob) -> None:
 
 
 @hookspec
-def chancy_job_wrap(worker: Worker, job: QueuedJob) -> AbstractAsyncContextManager[None] | None:
+def chancy_job_wrap(
+    worker: WorkerHandle, job: QueuedJob
+) -> AbstractAsyncContextManager[None] | None:
     """Wrap a job's execution in an async context manager.
 
     The worker enters every returned context manager around the executor's
     run of the job, on the worker's event loop, and exits them with the job's
     exception, if any. They nest in pluggy's call order: a ``tryfirst``
     implementation (else the last registered) is outermost. The job's time
-    limit covers them. Use it for tracing, timing or per-job resources. An
-    implementation, or a context manager entering or exiting, that raises is
-    logged and skipped: it never fails the job.
+    limit covers them. Use it for tracing or per-job resources (for timing,
+    :class:`~chancy_core.Outcome` carries ``run_seconds``). An implementation,
+    or a context manager entering or exiting, that raises is logged and
+    skipped: it never fails the job. An exit that returns true does not hide
+    the job's exception: a wrapper cannot turn a failed attempt into a success.
 
     Sync only (it returns the async context manager). Runs on the worker
     running the job.
@@ -193,44 +254,51 @@ def chancy_job_wrap(worker: Worker, job: QueuedJob) -> AbstractAsyncContextManag
 
 @hookspec(firstresult=True)
 def chancy_retry_decision(
-    worker: Worker, job: QueuedJob, error: BaseException
-) -> datetime | bool | None:
+    worker: WorkerHandle, job: QueuedJob, error: BaseException
+) -> RetryDecision | datetime | bool | None:
     """Decide whether and when a failed job runs again.
 
     Called when an attempt raised (or hit a limit). Stops at first non-None
-    result. Return a timezone-aware ``datetime`` to retry at that time, or
-    ``False`` to fail the job for good. The core's default retries at once
-    while ``job.attempts < job.max_attempts``. Not called for errors no
-    attempt can avoid (a cancellation, a function that is not allowed or
-    cannot be imported, kwargs that do not fit its signature): those fail at
-    once. An implementation that raises is logged and the core's default
-    decides. Changes made to ``job.meta`` here are saved with the outcome.
+    result. Return a timezone-aware ``datetime`` to retry at that time, a
+    :class:`~chancy_core.RetryDecision` to retry and set keys of the job's
+    ``meta`` in the same write (``job`` is frozen: return meta changes, do not
+    make them in place), or ``False`` to fail the job for good. The core's
+    default retries at once while ``job.attempts < job.max_attempts``. Not
+    called for errors no attempt can avoid (a cancellation, a function that is
+    not allowed or cannot be imported, kwargs that do not fit its signature):
+    those fail at once. An implementation that raises is logged and the core's
+    default decides.
 
     Sync only. Runs on the worker that ran the job.
 
     :param worker: the worker that ran the job.
     :param job: the job, with ``attempts`` counting the failed attempt.
     :param error: what the attempt raised.
-    :returns: when to retry, ``False`` to give up, or ``None`` to let others decide.
+    :returns: a ``RetryDecision`` or a ``datetime`` to retry, ``False`` to give up, or
+        ``None`` to let others decide.
     """
 
 
 @hookspec
-def chancy_job_completed(
-    worker: Worker, job: QueuedJob, error: BaseException | None, result: Any
-) -> None:
-    """An attempt of a job ended, and its outcome is decided.
+def chancy_job_completed(worker: WorkerHandle, job: QueuedJob, outcome: Outcome) -> None:
+    """An attempt of a job ended, and the database accepted its outcome.
 
-    ``job.state`` is the state being written (``succeeded``, ``failed``,
-    ``retrying`` or ``pending``); ``error`` is what the attempt raised, or
-    ``None``. Called before the outcome is written, in the worker's batch.
+    Called after the outcome was written (in the worker's batch, fenced on the
+    claim that ran the job), and only if the write was accepted: an outcome
+    the fence refused (the job was given to another worker meanwhile) is never
+    reported. ``outcome.state`` is ``succeeded``, ``failed`` or ``retrying``
+    (as ``job.state``); ``outcome.error`` is what the attempt raised,
+    ``outcome.result`` what the function returned, and ``outcome.run_seconds``
+    and ``outcome.wait_seconds`` how long it ran and how long it waited to be
+    claimed. A job stopped by the worker's shutdown is put back to ``pending``
+    and not reported. Changes to ``job.meta`` here are not saved.
 
-    May be ``async def``. Runs on the worker that ran the job.
+    May be ``async def``. Runs on the worker that ran the job, in its
+    completion task: keep it quick (a slow hook delays the next batch).
 
     :param worker: the worker that ran the job.
-    :param job: the job with its new state.
-    :param error: the exception, or ``None`` on success.
-    :param result: what the function returned (``None`` on failure).
+    :param job: the job with its new state and saved ``meta``.
+    :param outcome: how the attempt ended (a frozen :class:`~chancy_core.Outcome`).
     """
 
 

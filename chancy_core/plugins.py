@@ -20,19 +20,26 @@ import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from chancy_core import hookspecs
-from chancy_core.errors import PluginError
+from chancy_core.errors import JobCancelled, PluginError
+from chancy_core.hooks import CORE_DEFAULTS, call_event, implemented
 from chancy_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from chancy_core.hookspecs import WorkerHandle
     from chancy_core.job import QueuedJob
-    from chancy_core.worker import Worker
 
-__all__ = ["ENTRY_POINT_GROUP", "build_plugin_manager", "call_event", "plugin_name"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "build_plugin_manager",
+    "call_event",
+    "implemented",
+    "plugin_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +50,16 @@ AUTOLOAD_ENV = "CHANCY_DISABLE_PLUGIN_AUTOLOAD"
 class CoreDefaults:
     """The core's fallbacks for decision hooks; any plugin overrides them."""
 
-    name = "chancy-core"
+    name = CORE_DEFAULTS
 
     @hookimpl(trylast=True)
-    def chancy_elects_leader(self, worker: Worker) -> bool:
+    def chancy_elects_leader(self, worker: WorkerHandle) -> bool:
         return False
 
     @hookimpl(trylast=True)
     def chancy_retry_decision(
-        self, worker: Worker, job: QueuedJob, error: BaseException
+        self, worker: WorkerHandle, job: QueuedJob, error: BaseException
     ) -> datetime | bool:
-        from chancy_core.executors import JobCancelled
-
         if isinstance(error, JobCancelled) or job.attempts >= job.max_attempts:
             return False
         return datetime.now(UTC)
@@ -119,30 +124,6 @@ def build_plugin_manager(
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
     return pm
-
-
-def implemented(hook: pluggy.HookCaller) -> bool:
-    """Whether any plugin implements ``hook`` (so the worker can skip calling it)."""
-    return bool(hook.get_hookimpls())
-
-
-async def call_event(hook: pluggy.HookCaller, **kwargs: Any) -> None:
-    """Call every implementation of an event hook, awaiting ``async def`` ones.
-
-    An implementation that raises is logged and skipped; the others still run.
-    """
-    for impl in hook.get_hookimpls():
-        try:
-            result = impl.function(*[kwargs[arg] for arg in impl.argnames])
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception(
-                "plugin %s failed in %s; carrying on",
-                impl.plugin_name,
-                hook.name,
-                extra={"plugin": impl.plugin_name, "hook": hook.name},
-            )
 
 
 def registered(pm: pluggy.PluginManager) -> Iterable[tuple[str, object]]:

@@ -10,14 +10,17 @@ doubled (``'{{}}'`` is the JSON object ``'{}'``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cache
-from typing import LiteralString
+from typing import Any, LiteralString
 
 from psycopg import sql
 
-from chancy_core.errors import ConfigurationError
+from chancy_core.errors import ConfigurationError, InvalidJobError
+from chancy_core.job import FUNC_NAME, Limit, QueuedJob
+from chancy_core.queue import Queue
 
-__all__ = ["Schema"]
+__all__ = ["Schema", "job_from_row", "queue_from_row"]
 
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z_][a-z0-9_]*)\}(?!\})")
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,29}\Z")  # \Z: $ would allow a trailing newline
@@ -61,6 +64,61 @@ JOB_COLUMNS: LiteralString = (
     "id, queue, func, kwargs, meta, priority, max_attempts, attempts, state, scheduled_at,"
     " started_at, completed_at, limits, unique_key, errors"
 )
+# The position of each of JOB_COLUMNS in a row: rows stay tuples (fast), read by these names.
+(
+    J_ID,
+    J_QUEUE,
+    J_FUNC,
+    J_KWARGS,
+    J_META,
+    J_PRIORITY,
+    J_MAX_ATTEMPTS,
+    J_ATTEMPTS,
+    J_STATE,
+    J_SCHEDULED_AT,
+    J_STARTED_AT,
+    J_COMPLETED_AT,
+    J_LIMITS,
+    J_UNIQUE_KEY,
+    J_ERRORS,
+) = range(15)
+
+_STATES = {state.value: state for state in QueuedJob.State}
+
+
+def job_from_row(row: Sequence[Any]) -> QueuedJob:
+    """Build a :class:`QueuedJob` from a row of ``JOB_COLUMNS``.
+
+    Only the few checks a row written by hand can fail are made; the schema constrains
+    the rest (a claimed job is not validated again)."""
+    func = row[J_FUNC]
+    meta = row[J_META]
+    kwargs = row[J_KWARGS]
+    if not isinstance(func, str) or not FUNC_NAME.match(func):
+        raise InvalidJobError(f"invalid func {func!r}: not an importable name")
+    if not isinstance(meta, dict):
+        raise InvalidJobError(f"meta must be a dict, not {type(meta).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise InvalidJobError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+    limits = row[J_LIMITS]
+    return QueuedJob.from_trusted(
+        id=str(row[J_ID]),
+        queue=row[J_QUEUE],
+        func=func,
+        kwargs=kwargs,
+        meta=meta,
+        priority=row[J_PRIORITY],
+        max_attempts=row[J_MAX_ATTEMPTS],
+        attempts=row[J_ATTEMPTS],
+        state=_STATES[row[J_STATE]],
+        scheduled_at=row[J_SCHEDULED_AT],
+        started_at=row[J_STARTED_AT],
+        completed_at=row[J_COMPLETED_AT],
+        limits=[Limit.deserialize(limit) for limit in limits] if limits else [],
+        unique_key=row[J_UNIQUE_KEY],
+        errors=row[J_ERRORS],
+    )
+
 
 # --- pushing -------------------------------------------------------------------------------
 
@@ -171,6 +229,26 @@ WITH upserted AS (
 SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM upserted
 """
 
+(Q_NAME, Q_CONCURRENCY, Q_EXECUTOR, Q_OPTIONS, Q_INTERVAL, Q_RATE, Q_WINDOW, Q_TAGS, Q_STATE) = (
+    range(9)
+)
+
+
+def queue_from_row(row: Sequence[Any]) -> Queue:
+    """Build a :class:`Queue` from a row of ``QUEUE_COLUMNS``."""
+    return Queue(
+        row[Q_NAME],
+        concurrency=row[Q_CONCURRENCY],
+        executor=row[Q_EXECUTOR],
+        executor_options=row[Q_OPTIONS],
+        polling_interval=row[Q_INTERVAL],
+        rate_limit=row[Q_RATE],
+        rate_limit_window=row[Q_WINDOW],
+        tags=frozenset(row[Q_TAGS]),
+        state=Queue.State(row[Q_STATE]),
+    )
+
+
 SELECT_QUEUES: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} ORDER BY name"
 
 SELECT_QUEUE: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} WHERE name = %(name)s"
@@ -200,17 +278,12 @@ ON CONFLICT (worker_id) DO UPDATE SET
 
 DELETE_WORKER: LiteralString = "DELETE FROM {workers} WHERE worker_id = %(worker_id)s"
 
-# The ids of this worker's running jobs that someone asked to cancel.
-SELECT_CANCELLED: LiteralString = """
-SELECT id FROM {jobs}
-WHERE state = 'running' AND taken_by = %(worker_id)s AND cancelled_at IS NOT NULL
-"""
-
 # Every job the database says this worker runs (the heartbeat's check): whether someone
 # asked to cancel it, and whether it was claimed more than %(age)s seconds ago (a job the
 # worker does not know of after that is an orphan of a claim whose answer was lost).
 SELECT_OWN_RUNNING: LiteralString = """
-SELECT id, cancelled_at IS NOT NULL, started_at < now() - make_interval(secs => %(age)s)
+SELECT id, cancelled_at IS NOT NULL, started_at < now() - make_interval(secs => %(age)s),
+       claim_token
 FROM {jobs}
 WHERE state = 'running' AND taken_by = %(worker_id)s
 """
@@ -228,10 +301,12 @@ WITH claimed AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {jobs} AS j
-SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s
+SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by = %(worker_id)s,
+    claim_token = %(token)s
 FROM claimed
 WHERE j.id = claimed.id
 RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+# A claimed row is JOB_COLUMNS; the claim's token is not part of the job, the worker keeps it.
 
 # Take up to %(wanted)s tokens of a queue's rate limit for the current fixed window, on the
 # database's clock; returns how many were granted. Run in the claim's transaction: the row
@@ -266,13 +341,14 @@ RETURN_RATE_TOKENS: LiteralString = """
 UPDATE {queue_rates} SET used = greatest(used - %(unused)s, 0) WHERE queue = %(queue)s
 """
 
-# Write many outcomes at once. Fenced: only a job this worker still owns in
-# state 'running', at the attempt it ran, is changed.
+# Write many outcomes at once. Fenced: only a job this worker still holds in state
+# 'running', under the claim (its token) that ran it, is changed. Returns the ids written:
+# only those outcomes are reported to plugins.
 COMPLETE_JOBS: LiteralString = """
 WITH outcome AS (
     -- One JSON array of outcomes: encoding it is far cheaper than six parameter arrays.
     SELECT * FROM json_to_recordset(%(outcomes)s::json)
-        AS o(id uuid, attempt int, state text, error text, scheduled_at timestamptz, meta text)
+        AS o(id uuid, token uuid, state text, error text, scheduled_at timestamptz, meta text)
 ), done AS (
     UPDATE {jobs} AS j
     SET state = o.state,
@@ -283,12 +359,13 @@ WITH outcome AS (
         scheduled_at = coalesce(o.scheduled_at, j.scheduled_at),
         meta = coalesce(o.meta::jsonb, j.meta),
         taken_by = NULL,
-        cancelled_at = NULL
+        cancelled_at = NULL,
+        claim_token = NULL
     FROM outcome AS o
     -- IS NOT DISTINCT FROM: a filter, not an index condition, so the plan looks each job
     -- up by primary key instead of scanning all of this worker's running rows.
     WHERE j.id = o.id AND j.state = 'running' AND j.taken_by IS NOT DISTINCT FROM %(worker_id)s
-      AND j.attempts = o.attempt
+      AND j.claim_token IS NOT DISTINCT FROM o.token
     RETURNING j.id, j.state
 ), notified AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
@@ -297,15 +374,19 @@ WITH outcome AS (
         HAVING count(*) > 0
     ) AS finished
 )
-SELECT count(*) FROM done, notified
+SELECT done.id FROM done, notified
 """
 
-# Put a worker's running jobs back to run again (graceful shutdown, lost jobs).
+# Put a worker's running jobs back to run again (graceful shutdown, lost jobs), each fenced
+# on the claim that took it (the heartbeat reads the token of an orphan with its id).
 RELEASE_JOBS: LiteralString = """
-UPDATE {jobs}
-SET state = 'pending', attempts = greatest(attempts - 1, 0), taken_by = NULL, started_at = NULL
-WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND taken_by = %(worker_id)s
-RETURNING id
+UPDATE {jobs} AS j
+SET state = 'pending', attempts = greatest(j.attempts - 1, 0), taken_by = NULL,
+    started_at = NULL, claim_token = NULL
+FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS r(id, token)
+WHERE j.id = r.id AND j.state = 'running' AND j.taken_by = %(worker_id)s
+  AND j.claim_token IS NOT DISTINCT FROM r.token
+RETURNING j.id
 """
 
 NOTIFY: LiteralString = "SELECT pg_notify(%(channel)s, %(payload)s)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from typing import Any
 
 import anyio
@@ -170,7 +171,12 @@ FROM generate_series(1, %s) AS g
 
 async def _claim_latencies(dsn: str, rounds: int, limit: int) -> list[float]:
     claim = h_schema().render(q.CLAIM_JOBS)
-    params = {"queue": "big", "limit": limit, "worker_id": "chaos-latency-probe"}
+    params = {
+        "queue": "big",
+        "limit": limit,
+        "worker_id": "chaos-latency-probe",
+        "token": str(uuid.uuid4()),
+    }
     taken: list[float] = []
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     async with conn:
@@ -203,7 +209,7 @@ async def test_claiming_stays_fast_with_a_million_pending_jobs(
         async with conn.transaction(force_rollback=True):
             cur = await conn.execute(
                 b"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + claim,
-                {"queue": "big", "limit": 10, "worker_id": "explain"},
+                {"queue": "big", "limit": 10, "worker_id": "explain", "token": str(uuid.uuid4())},
             )
             plan = "\n".join(r[0] for r in await cur.fetchall())
     uses_index = "chancy_jobs_fetch_idx" in plan

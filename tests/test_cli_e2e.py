@@ -43,7 +43,7 @@ class Stamp:
         self.label = label
 
     @hookimpl
-    def chancy_job_completed(self, worker, job, error, result):
+    def chancy_job_completed(self, worker, job, outcome):
         with open(Path(__file__).parent.parent / "stamps.txt", "a") as out:
             out.write(f"{self.label} {job.id} {job.state.value}\\n")
 """
@@ -159,6 +159,18 @@ def test_a_bad_app_gives_one_line_saying_what_to_do(project):
         2,
         "--dsn and --prefix come from the app",
     )
+    # An app whose plugin implements a hook wrongly: pluggy's long message, on one line.
+    (project / "myapp" / "broken.py").write_text(textwrap.dedent("""
+        from chancy_core import Chancy, hookimpl
+
+        class Bad:
+            @hookimpl
+            def chancy_job_completed(self, worker, job, nonsense): ...
+
+        chancy = Chancy("postgresql://x/y", plugins=[Bad()])
+    """))  # fmt: skip
+    one_line_error(chancy(project, "--app", "myapp.broken:chancy", "queue", "list"), 1,
+                   "importing myapp.broken failed: PluginError: plugin 'bad'")  # fmt: skip
 
 
 def test_the_app_is_used_from_the_environment_and_says_which_database(project, database):

@@ -40,9 +40,13 @@ def plugin_options() -> list[tuple[str, str]]:
     found = []
     for path in sorted(ROOT.glob("plugins/chancy-plugin-*/chancy_plugin_*/__init__.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.FunctionDef) and node.name == "__init__":
-                args = node.args.args[1:] + node.args.kwonlyargs
-                found += [(path.parent.name, a.arg) for a in args]
+            # The plugin classes: those with @hookimpl methods.
+            if not isinstance(node, ast.ClassDef) or "hookimpl" not in ast.unparse(node):
+                continue
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    args = item.args.args[1:] + item.args.kwonlyargs
+                    found += [(path.parent.name, a.arg) for a in args]
     return found
 
 

@@ -37,7 +37,7 @@ async def test_cancel_a_running_job(chancy, run_worker, executor):
     assert job.attempts == 1
     assert len(job.errors) == 1
     assert "cancelled" in job.errors[0]["traceback"]
-    assert s.raised(job).startswith("chancy_core.executors.JobCancelled: job")
+    assert s.raised(job).startswith("chancy_core.errors.JobCancelled: job")
     row = await s.job_row(chancy, ref)
     assert row["taken_by"] is None and row["cancelled_at"] is None
 

@@ -12,7 +12,6 @@ import pytest
 import test_worker_support as s
 
 from chancy_core import Queue
-from chancy_core import sql as q
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -22,15 +21,13 @@ async def test_outcomes_are_written_in_batches(chancy, run_worker):
         await chancy.declare(Queue("q", concurrency=50, polling_interval=0.1))
         async with run_worker(chancy, completion_delay=0.02) as worker:
             writes: list[int] = []
-            complete = chancy.schema.render(q.COMPLETE_JOBS)
-            original = worker._with_conn
+            original = worker._completer._write_batch
 
-            async def spy(statement, params):
-                if statement == complete:
-                    writes.append(len(json.loads(params["outcomes"])))
-                return await original(statement, params)
+            async def spy(batch):
+                writes.append(len(batch))
+                return await original(batch)
 
-            worker._with_conn = spy
+            worker._completer._write_batch = spy
             refs = await chancy.push_many([s.make_job(s.noop, "q")] * 200)
             await s.wait_all(chancy, refs, "succeeded", timeout=10)
     assert sum(writes) == 200
@@ -62,7 +59,7 @@ async def test_a_worker_cannot_overwrite_a_job_claimed_again_elsewhere(chancy, r
             )
             await s.wait_until(lambda: not worker.running_jobs, timeout=3)
             await anyio.sleep(0.2)  # past the completion delay: the write happened
-            assert not worker._outcomes
+            assert not len(worker._completer)
     row = await s.job_row(chancy, taken)
     assert row["state"] == "running" and row["taken_by"] == "someone-else"
     assert row["attempts"] == 2 and row["errors"] == [] and row["completed_at"] is None

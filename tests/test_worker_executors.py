@@ -100,7 +100,7 @@ async def test_crashed_process_fails_its_job_and_the_pool_goes_on(chancy, run_wo
     assert [e["attempt"] for e in failed.errors] == [1, 2]
     text = failed.errors[-1]["traceback"]
     last = text.strip().splitlines()[-1]
-    assert last.startswith("chancy_core.executors.JobCrashed: the process running job")
+    assert last.startswith("chancy_core.errors.JobCrashed: the process running job")
     assert "exited unexpectedly" in last
     assert ("exit code 3" if how == "exit" else "killed by SIGKILL") in text
 
@@ -136,3 +136,24 @@ async def test_system_exit_in_a_job_does_not_stop_the_worker(chancy, run_worker,
             ok = await chancy.push(s.make_job(s.sync_add, "q", a=1, b=1))
             await s.wait_state(chancy, ok, "succeeded")
             assert not worker._stopped.is_set()
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+async def test_a_jobs_own_meta_changes_are_saved(chancy, run_worker, executor):
+    """A job edits ``job_context.meta`` in place; the worker saves it with the outcome,
+    in every executor (the process one sends the child's meta back), failure included."""
+    with anyio.fail_after(20):
+        await chancy.declare(Queue("q", executor=executor, concurrency=3, polling_interval=0.2))
+        async with run_worker(chancy):
+            jobs = [
+                s.make_job(s.note_progress, "q", step=1).with_meta({"mine": 1}),
+                s.make_job(s.async_note_progress, "q", step=2),
+                s.make_job(s.note_progress, "q", step=-1),
+            ]
+            refs = await chancy.push_many(jobs)
+            done = await s.wait_all(chancy, refs, "succeeded", "failed", timeout=15)
+    assert [j.state.value for j in done] == ["succeeded", "succeeded", "failed"]
+    assert done[0].meta["mine"] == 1
+    assert [j.meta["progress"]["step"] for j in done] == [1, 2, -1]
+    in_child = [j.meta["progress"]["pid"] != os.getpid() for j in done]
+    assert in_child == [executor == "process"] * 3

@@ -12,7 +12,7 @@ import anyio
 import pytest
 import test_worker_support as s
 
-from chancy_core import Chancy, Queue, hookimpl
+from chancy_core import Chancy, Queue, RetryDecision, hookimpl
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -53,10 +53,17 @@ class Tracer:
         return wrap()
 
     @hookimpl
-    def chancy_job_completed(self, job, error, result) -> None:
-        job.meta["tracer"] = {"seen": True}  # each plugin keeps state under its own key
+    def chancy_job_completed(self, job, outcome) -> None:
+        error = outcome.error
+        assert outcome.run_seconds >= 0 and outcome.wait_seconds >= 0
         self.events.append(
-            ("completed", job.id, job.state.value, type(error).__name__ if error else None, result)
+            (
+                "completed",
+                job.id,
+                job.state.value,
+                type(error).__name__ if error else None,
+                outcome.result,
+            )
         )
 
 
@@ -84,7 +91,7 @@ async def test_job_hooks_are_called_in_order(database, run_worker):
             ("completed", b, "failed", "ValueError", None),
             ("stopping", worker_id),
         ]
-        assert failed.meta == {"tracer": {"seen": True}}  # what the hook changed is saved
+        assert failed.meta == {}
 
 
 class LaterRetry:
@@ -95,8 +102,7 @@ class LaterRetry:
 
     @hookimpl
     def chancy_retry_decision(self, job, error):
-        job.meta["later-retry"] = {"decided": job.attempts}
-        return self.when
+        return RetryDecision(self.when, meta={"later-retry": {"decided": job.attempts}})
 
 
 async def test_a_retry_decision_plugin_schedules_the_retry(database, run_worker):
@@ -109,7 +115,7 @@ async def test_a_retry_decision_plugin_schedules_the_retry(database, run_worker)
                 job = await s.wait_state(chancy, ref, "retrying")
     assert job.scheduled_at == when
     assert job.attempts == 1 and len(job.errors) == 1
-    assert job.meta == {"later-retry": {"decided": 1}}  # meta changed by the decision is saved
+    assert job.meta == {"later-retry": {"decided": 1}}  # the decision's meta is saved
 
 
 class Tasks:
@@ -266,7 +272,7 @@ class BadMeta:
     name = "bad-meta"
 
     @hookimpl
-    def chancy_job_completed(self, job):
+    def chancy_job_starting(self, job):
         job.meta["bad-meta"] = "nul\x00"
 
 
@@ -279,3 +285,34 @@ async def test_an_outcome_the_database_refuses_is_written_without_meta(database,
                 jobs = await s.wait_all(chancy, refs, "succeeded")
                 assert not worker._stopped.is_set()
     assert all(j.meta == {} for j in jobs)
+
+
+class Swallow:
+    """A wrapper whose exit returns true, as if to suppress the job's exception."""
+
+    name = "swallow"
+
+    @hookimpl
+    def chancy_job_wrap(self, job):
+        class Suppress:
+            async def __aenter__(self):
+                return None
+
+            async def __aexit__(self, *exc_info):
+                return True
+
+        return Suppress()
+
+
+async def test_a_wrapper_cannot_turn_a_failure_into_a_success(database, run_worker, caplog):
+    caplog.set_level(logging.WARNING, logger="chancy_core")
+    async with Chancy(database, plugins=[Swallow()]) as chancy:
+        with anyio.fail_after(10):
+            await chancy.declare(Queue("q", polling_interval=0.1))
+            async with run_worker(chancy):
+                bad = await chancy.push(s.make_job(s.fail, "q", message="kept"))
+                good = await chancy.push(s.make_job(s.sync_add, "q", a=1, b=1))
+                failed = await s.wait_state(chancy, bad, "failed")
+                await s.wait_state(chancy, good, "succeeded")
+    assert "ValueError: kept" in failed.errors[0]["traceback"]
+    assert "tried to suppress" in caplog.text

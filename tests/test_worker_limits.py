@@ -34,7 +34,7 @@ async def test_time_limit_cancels_an_async_job(chancy, run_worker):
             took = time.monotonic() - began
     assert 0.9 < took < 3
     assert job.attempts == 1
-    assert s.raised(job).startswith("chancy_core.executors.TimeLimitExceeded: job")
+    assert s.raised(job).startswith("chancy_core.errors.TimeLimitExceeded: job")
     assert "time limit of 1s" in s.raised(job)
 
 
@@ -56,7 +56,7 @@ async def test_time_limit_frees_the_thread_slot_at_the_deadline(chancy, run_work
     finally:
         s.GATE.set()  # let the abandoned thread end
     assert job is not None and job.state.value == "failed"
-    assert s.raised(job).startswith("chancy_core.executors.TimeLimitExceeded: job")
+    assert s.raised(job).startswith("chancy_core.errors.TimeLimitExceeded: job")
     # The one slot was freed at the deadline, although the thread itself ran on.
     assert 0.5 < waited < 3
 
@@ -81,7 +81,7 @@ async def test_time_limit_kills_the_process(chancy, run_worker, tmp_path):
             # The pool replaces the child.
             ok = await chancy.push(s.make_job(s.sync_add, "q", a=1, b=1))
             await s.wait_state(chancy, ok, "succeeded", timeout=10)
-    assert s.raised(job).startswith("chancy_core.executors.TimeLimitExceeded: job")
+    assert s.raised(job).startswith("chancy_core.errors.TimeLimitExceeded: job")
 
 
 async def test_memory_limit_kills_the_process(chancy, run_worker):
@@ -100,5 +100,5 @@ async def test_memory_limit_kills_the_process(chancy, run_worker):
                 )
             )
             await s.wait_state(chancy, small, "succeeded", timeout=10)
-    assert s.raised(job).startswith("chancy_core.executors.MemoryLimitExceeded: job")
+    assert s.raised(job).startswith("chancy_core.errors.MemoryLimitExceeded: job")
     assert "memory limit of 104857600 bytes (100 MiB)" in s.raised(job)

@@ -66,7 +66,7 @@ async def test_stop_writes_outcomes_still_waiting(chancy):
         await chancy.declare(Queue("q", concurrency=10, polling_interval=0.1))
         async with Worker(chancy, completion_delay=1.0, shutdown_timeout=2) as worker:
             refs = await chancy.push_many([s.make_job(s.noop, "q")] * 10)
-            await s.wait_until(lambda: len(worker._outcomes) == 10, what="10 outcomes")
+            await s.wait_until(lambda: len(worker._completer) == 10, what="10 outcomes")
             await worker.stop()
     await s.wait_all(chancy, refs, "succeeded", timeout=0.1)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg import sql
 
-from chancy_core import Chancy, Job, QueuedJob, Reference, hookimpl, job
+from chancy_core import Chancy, Job, Outcome, QueuedJob, Reference, hookimpl, job
 
 # --- shared state of jobs that run in the test's own process (async and thread) ------------
 
@@ -185,6 +185,17 @@ def raise_odd() -> None:
     raise OddError(1, 2)
 
 
+def note_progress(step: int, job_context: QueuedJob) -> None:
+    """Records its progress in its own meta (saved with the outcome), then fails if asked."""
+    job_context.meta["progress"] = {"step": step, "pid": os.getpid()}
+    if step < 0:
+        raise ValueError("failed after noting progress")
+
+
+async def async_note_progress(step: int, job_context: QueuedJob) -> None:
+    note_progress(step, job_context)
+
+
 def context(job_context: QueuedJob) -> dict[str, Any]:
     return {
         "id": job_context.id,
@@ -222,12 +233,11 @@ class Recorder:
         self.started[job.id] = time.monotonic()
 
     @hookimpl
-    def chancy_job_completed(
-        self, job: QueuedJob, error: BaseException | None, result: Any
-    ) -> None:
-        self.results[job.id] = result
-        self.errors[job.id] = error
-        self.states[job.id] = job.state.value
+    def chancy_job_completed(self, job: QueuedJob, outcome: Outcome) -> None:
+        self.results[job.id] = outcome.result
+        self.errors[job.id] = outcome.error
+        self.states[job.id] = outcome.state.value
+        assert job.state is outcome.state
 
 
 # --- helpers ----------------------------------------------------------------------------------

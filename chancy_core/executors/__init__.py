@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from chancy_core.errors import JobCancelled, JobCrashed, MemoryLimitExceeded, TimeLimitExceeded
 from chancy_core.job import QueuedJob, registered_jobs
 
 __all__ = [
@@ -38,23 +39,8 @@ __all__ = [
     "is_async",
     "make_executor",
     "resolve_function",
+    "wants_context",
 ]
-
-
-class JobCancelled(Exception):
-    """The job was cancelled with ``cancel_job``; it is not retried."""
-
-
-class TimeLimitExceeded(TimeoutError):
-    """The job ran past its time limit."""
-
-
-class MemoryLimitExceeded(MemoryError):
-    """The job's process used more resident memory than its limit allowed."""
-
-
-class JobCrashed(Exception):
-    """The process running the job exited without reporting an outcome."""
 
 
 class Executor(Protocol):
@@ -73,6 +59,10 @@ class Executor(Protocol):
         free thread or process): the job's time limit counts from then. Must
         stop promptly when cancelled (that is how time limits and cancellation
         work)."""
+        ...
+
+    def resize(self, concurrency: int) -> None:
+        """Run up to ``concurrency`` jobs at once from now on (the queue was changed)."""
         ...
 
     async def aclose(self) -> None:
@@ -120,7 +110,8 @@ _cached_wants_context = cache(_signature_wants_context)
 _cached_is_async = cache(inspect.iscoroutinefunction)
 
 
-def _wants_context(func: Callable[..., Any]) -> bool:
+def wants_context(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` declares a ``job_context`` parameter (checked once per function)."""
     try:
         return _cached_wants_context(func)
     except TypeError:  # an unhashable callable object
@@ -140,7 +131,7 @@ def call_function(
 ) -> Callable[[], Any]:
     """A no-argument callable that calls ``func`` with the job's kwargs (and the job
     itself as ``job_context`` if the function declares that parameter)."""
-    if job is not None and _wants_context(func):
+    if job is not None and wants_context(func):
         return partial(func, **kwargs, job_context=job)
     return partial(func, **kwargs)
 
@@ -176,6 +167,9 @@ class LocalExecutor:
         if inspect.isawaitable(result):  # a plain function that returned a coroutine
             result = await result
         return result
+
+    def resize(self, concurrency: int) -> None:
+        self.limiter.total_tokens = concurrency
 
     async def aclose(self) -> None:
         return None

@@ -23,8 +23,10 @@ environment, so set it in the worker before it starts. If the initializer
 raises, every job that child is given fails with its traceback.
 
 A child that dies (``os._exit``, a signal, the kernel's out-of-memory killer)
-fails its job with :class:`~chancy_core.executors.JobCrashed` saying how it
-ended. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
+fails its job with :class:`~chancy_core.errors.JobCrashed` saying how it
+ended. A job's changes to ``job_context.meta`` in the child are sent back with its
+outcome and applied to the worker's job, so they are saved as with the other
+executors. Children ignore SIGINT and SIGTERM: the worker stops them. Killing and
 reaping a child never blocks the event loop.
 """
 
@@ -43,9 +45,8 @@ from typing import Any
 
 import anyio
 
+from chancy_core.errors import JobCrashed, MemoryLimitExceeded, RemoteError
 from chancy_core.executors import (
-    JobCrashed,
-    MemoryLimitExceeded,
     _await,
     call_function,
     is_async,
@@ -59,10 +60,6 @@ INITIALIZER_ENV = "CHANCY_PROCESS_INITIALIZER"
 """Environment variable naming a callable each child runs once before its first job."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-class RemoteError(Exception):
-    """An exception raised in a child that could not be sent back as itself."""
 
 
 def _dumps(value: Any) -> bytes | None:
@@ -124,7 +121,9 @@ def _child_main(conn: Connection) -> None:
         except BaseException as exc:
             text = "".join(traceback.format_exception(exc))
             outcome = ("error", _dumps(exc), text, f"{type(exc).__qualname__}: {exc}")
-        conn.send(outcome)
+        # The job's meta as the function left it (it edits job_context.meta in place): the
+        # worker saves it, as it does for the other executors.
+        conn.send((*outcome, _dumps(job.meta) if job is not None else None))
 
 
 def _rss(pid: int) -> int:
@@ -226,6 +225,10 @@ class ProcessExecutor:
                     self.idle.append(child)
                 else:
                     await child.discard()
+        meta = _loads(outcome[-1])
+        if isinstance(meta, dict) and meta != job.meta:
+            job.meta.clear()  # the worker's copy of the job follows the child's
+            job.meta.update(meta)
         if outcome[0] == "ok":
             return _loads(outcome[1])
         error = _loads(outcome[1])
@@ -233,6 +236,9 @@ class ProcessExecutor:
             error = RemoteError(outcome[3])
         error.add_note(f"in the job's process:\n{outcome[2].rstrip()}")
         raise error
+
+    def resize(self, concurrency: int) -> None:
+        self.limiter.total_tokens = concurrency
 
     async def aclose(self) -> None:
         children = [*self.idle, *self.busy]

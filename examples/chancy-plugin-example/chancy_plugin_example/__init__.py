@@ -1,9 +1,11 @@
 """An example chancy plugin: records, in ``Job.meta["example"]``, the host that pushed
-each job and the worker that ran it.
+each job and the worker that ran it, and counts the outcomes of attempts.
 
-It shows the three things most plugins do: annotate jobs as they are pushed
-(``chancy_before_push``), react when an attempt ends (``chancy_job_completed``),
-and keep their state under their own key of ``Job.meta``.
+It shows the things most plugins do: annotate jobs as they are pushed
+(``chancy_before_push``), annotate them as they start (``chancy_job_starting``:
+changes to ``job.meta`` made there are saved with the outcome), react when an
+attempt's outcome was written (``chancy_job_completed``), and keep their state
+under their own key of ``Job.meta``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
-from chancy_core import Job, QueuedJob, hookimpl
+from chancy_core import Job, Outcome, QueuedJob, hookimpl
 
 if TYPE_CHECKING:
-    from chancy_core.worker import Worker
+    from chancy_core import WorkerHandle
 
 __all__ = ["Example"]
 
@@ -29,6 +31,8 @@ class Example:
 
     def __init__(self, *, host: str | None = None) -> None:
         self.host = host or socket.gethostname()
+        self.outcomes: dict[str, int] = {}
+        """How many attempts this process saw end, by outcome (``succeeded``...)."""
 
     @hookimpl
     def chancy_before_push(self, jobs: list[Job]) -> None:
@@ -36,7 +40,12 @@ class Example:
             jobs[i] = job.with_meta({**job.meta, self.name: {"pushed_from": self.host}})
 
     @hookimpl
-    def chancy_job_completed(self, worker: Worker, job: QueuedJob) -> None:
-        mine = job.meta.setdefault(self.name, {})  # changed in place: written with the outcome
+    def chancy_job_starting(self, worker: WorkerHandle, job: QueuedJob) -> None:
+        mine = job.meta.setdefault(self.name, {})  # changed in place: saved with the outcome
         mine["ran_on"] = worker.worker_id
-        mine["outcome"] = job.state.value
+
+    @hookimpl
+    def chancy_job_completed(self, job: QueuedJob, outcome: Outcome) -> None:
+        # After the write: the outcome is final. (Changes to job.meta here are not saved.)
+        state = outcome.state.value
+        self.outcomes[state] = self.outcomes.get(state, 0) + 1

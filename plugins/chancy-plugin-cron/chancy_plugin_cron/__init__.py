@@ -57,7 +57,7 @@ from chancy_plugin_cron.times import (
 
 if TYPE_CHECKING:
     from chancy_core.hookspecs import RegisterTask
-    from chancy_core.worker import Worker
+    from chancy_core.hookspecs import WorkerHandle as Worker
 
 __all__ = ["META_KEY", "Cron", "CronError", "Schedule", "latest_due", "next_run_after"]
 

@@ -47,7 +47,8 @@ from chancy_core.hookspecs import RegisterTask
 from chancy_core.migrations import MigrationSet, load_migrations
 
 if TYPE_CHECKING:
-    from chancy_core import Chancy, Worker
+    from chancy_core import Chancy
+    from chancy_core import WorkerHandle as Worker
 
 __all__ = ["KEY", "Leadership", "Lease"]
 

@@ -23,7 +23,7 @@ import pytest
 from chancy_plugin_leadership import Leadership
 
 from chancy_core import Chancy, Worker, hookimpl
-from chancy_core.hookspecs import RegisterTask
+from chancy_core.hookspecs import RegisterTask, WorkerHandle
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -46,7 +46,7 @@ class Probe:
     def chancy_worker_tasks(self, register: RegisterTask) -> None:
         register("probe", self.task, leader_only=True)
 
-    async def task(self, worker: Worker) -> None:
+    async def task(self, worker: WorkerHandle) -> None:
         self.active += 1
         self.most = max(self.most, self.active)
         self.ran_on.append(worker.worker_id)

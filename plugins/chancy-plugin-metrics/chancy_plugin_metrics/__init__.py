@@ -28,8 +28,7 @@ import enum
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -48,14 +47,14 @@ from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.asgi import make_asgi_app
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from chancy_core import Chancy, QueuedJob, hookimpl
+from chancy_core import Chancy, Outcome, QueuedJob, hookimpl
 from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError
 from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_metrics import queries as q
 
 if TYPE_CHECKING:
     from chancy_core.hookspecs import RegisterTask
-    from chancy_core.worker import Worker
+    from chancy_core.hookspecs import WorkerHandle as Worker
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -83,7 +82,6 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 """Histogram upper bounds, in seconds, for run and wait times."""
 
 _TRANSIENT = TRANSIENT_ERRORS
-_MAX_TIMINGS = 10_000
 _RETRY_LISTEN = 30.0
 _DEPTH_STATES = ("pending", "retrying", "running")
 
@@ -289,7 +287,6 @@ class Metrics:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self._minutes: dict[tuple[datetime, str, str, str], _Minute] = {}
-        self._timings: dict[str, float] = {}
         self._workers: dict[str, Worker] = {}
         self._serving = False
         self._refreshing: anyio.Lock | None = None
@@ -310,43 +307,12 @@ class Metrics:
             register("metrics.endpoint", self._serve)
 
     @hookimpl
-    def chancy_job_wrap(self, worker: Worker, job: QueuedJob) -> AbstractAsyncContextManager[None]:
-        return self._timed(job.id)
-
-    # The completion hook and its adapter `_outcome`: the only place that reads an outcome.
-    # MERGE with the core's Outcome (branch `core`): the hook's signature becomes
-    # `(self, worker: Worker, job: QueuedJob, outcome: Outcome)` and its first line
-    # `... = self._outcome(job, outcome)`; `_outcome` already reads an Outcome.
-    @hookimpl
-    def chancy_job_completed(self, worker: Worker, job: QueuedJob) -> None:
-        state, run_seconds, wait_seconds = self._outcome(job)
-        self.record(job, run_seconds, state=state, wait_seconds=wait_seconds)
-
-    def _outcome(
-        self, job: QueuedJob, outcome: Any = None
-    ) -> tuple[str, float | None, float | None]:
-        """The attempt's state, run seconds and wait seconds (``None``: from ``job``'s times).
-
-        From ``outcome`` (a ``chancy_core.Outcome``) when the hook passes one; else, as
-        the hook's first form has it, ``job.state`` and the time ``chancy_job_wrap`` took.
-        """
-        timed = self._timings.pop(job.id, None)
-        if outcome is None:
-            return job.state.value, timed, None
-        state = outcome.state
-        return str(getattr(state, "value", state)), outcome.run_seconds, outcome.wait_seconds
+    def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
+        self.record(
+            job, outcome.run_seconds, state=outcome.state.value, wait_seconds=outcome.wait_seconds
+        )
 
     # --- recording -----------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _timed(self, job_id: str) -> AsyncIterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if len(self._timings) >= _MAX_TIMINGS:  # jobs released at shutdown never complete
-                self._timings.pop(next(iter(self._timings)))
-            self._timings[job_id] = time.perf_counter() - start
 
     def record(
         self,

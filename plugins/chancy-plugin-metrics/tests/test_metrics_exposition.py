@@ -141,18 +141,3 @@ def test_every_metric_is_documented_and_the_grafana_dashboard_uses_only_those() 
     used = {m for e in exprs for m in re.findall(r"\b(chancy_[a-z_]+)", e)}
     allowed = documented | {f"{n}_{s}" for n in documented for s in ("bucket", "sum", "count")}
     assert used <= allowed, used - allowed
-
-
-def test_the_outcome_adapter_reads_both_forms_of_the_completion_hook() -> None:
-    from types import SimpleNamespace
-
-    metrics = Metrics(port=None)
-    job = QueuedJob(id="00000000-0000-0000-0000-000000000004", func="a.b")
-    metrics._timings[job.id] = 1.5  # what chancy_job_wrap measured
-    assert metrics._outcome(job) == ("pending", 1.5, None)  # the first form: job.state
-    metrics._timings[job.id] = 1.5
-    outcome = SimpleNamespace(  # a chancy_core.Outcome
-        state=QueuedJob.State.SUCCEEDED, error=None, result=1, run_seconds=2.0, wait_seconds=0.5
-    )
-    assert metrics._outcome(job, outcome) == ("succeeded", 2.0, 0.5)
-    assert job.id not in metrics._timings

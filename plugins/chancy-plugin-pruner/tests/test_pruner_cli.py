@@ -13,7 +13,9 @@ from chancy_core.cli import main
 pytestmark = [pytest.mark.db]
 
 
-def test_chancy_prune_deletes_what_the_pruner_would(database, capsys):
+def test_chancy_prune_deletes_what_the_pruner_would(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with Chancy(database) as chancy:
         old, new = chancy.sync_push_many([Job(func="a.b"), Job(func="a.b")])
     with psycopg.connect(database, autocommit=True) as conn:

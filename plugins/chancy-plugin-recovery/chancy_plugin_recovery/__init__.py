@@ -19,11 +19,12 @@ selects the stale rows ``FOR UPDATE SKIP LOCKED`` and updates only those still
 ``running`` under the same ``taken_by`` and attempt number. A worker that is
 writing the job's outcome at that moment holds the row lock, so the row is
 skipped (and finishes normally); a worker that writes later is fenced out by
-the core's completion, which requires ``taken_by`` to still be that worker.
-The attempt counter is *not* decremented (unlike a graceful shutdown's
-release): attempt numbers only grow, so even a worker that was wrongly
-declared dead and re-claims the same job cannot write an outcome for the
-attempt it lost. A rescued attempt therefore counts towards ``max_attempts``.
+the core's completion, which requires the row to still be ``running`` under
+that worker and the claim token of the claim that ran it (every claim sets a
+fresh one), so even a worker that was wrongly declared dead and re-claims the
+same job cannot write an outcome for the attempt it lost. The attempt counter
+is *not* decremented (unlike a graceful shutdown's release): a rescued attempt
+counts towards ``max_attempts``.
 
 A job running in a ``process`` queue's child keeps running if only its worker
 was killed and the child survived; give such jobs a time limit.
@@ -46,7 +47,8 @@ from chancy_core.errors import (
 from chancy_core.hookspecs import RegisterTask
 
 if TYPE_CHECKING:
-    from chancy_core import Chancy, Worker
+    from chancy_core import Chancy
+    from chancy_core import WorkerHandle as Worker
 
 __all__ = ["KEY", "Recovery", "Rescue"]
 

@@ -35,8 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chancy_core import Job, hookimpl
-from chancy_core.errors import InvalidJobError
-from chancy_core.executors import JobCancelled
+from chancy_core.errors import InvalidJobError, JobCancelled
 
 if TYPE_CHECKING:
     from chancy_core import QueuedJob

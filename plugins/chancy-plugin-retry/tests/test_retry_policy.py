@@ -9,8 +9,7 @@ import pytest
 from chancy_plugin_retry import KEY, Retry, exception_names, make_policy, retry_delay
 
 from chancy_core import Job, QueuedJob
-from chancy_core.errors import InvalidJobError
-from chancy_core.executors import JobCancelled
+from chancy_core.errors import InvalidJobError, JobCancelled
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import sentry_sdk
 from sentry_sdk.utils import event_from_exception
 
-from chancy_core import Job, QueuedJob, hookimpl
-from chancy_core.errors import ConfigurationError
+from chancy_core import Job, Outcome, QueuedJob, hookimpl
+from chancy_core.errors import ConfigurationError, JobCancelled
 
 if TYPE_CHECKING:
-    from chancy_core.worker import Worker
+    from chancy_core.hookspecs import WorkerHandle as Worker
 
 __all__ = ["CONTEXT", "DEFAULT_IGNORE", "META_KEY", "Sentry"]
 
@@ -36,24 +36,10 @@ META_KEY = "sentry"
 CONTEXT = "chancy job"
 """The name of the event context holding the job's fields."""
 
-DEFAULT_IGNORE: tuple[str, ...] = ("chancy_core.executors.JobCancelled",)
+DEFAULT_IGNORE: tuple[type[BaseException] | str, ...] = (JobCancelled,)
 """Errors not reported by default: a job cancelled on purpose is not a bug."""
 
 _MAX_TAG = 200  # Sentry truncates tag values at 200 characters
-
-
-def _outcome(
-    job: QueuedJob, error: BaseException | None, outcome: Any = None
-) -> tuple[str, BaseException | None]:
-    """The state written and the error of an ended attempt: the one place that reads them.
-
-    From ``outcome`` (a ``chancy_core.Outcome``) when the hook passes one; else, as the
-    hook's first form has it, ``job.state`` and ``error``.
-    """
-    if outcome is None:
-        return job.state.value, error
-    state = outcome.state
-    return str(getattr(state, "value", state)), outcome.error
 
 
 def _qualname(cls: type) -> str:
@@ -111,14 +97,9 @@ class Sentry:
         merged = {**(mine.get("tags") or {}), **tags}
         return job.with_meta({**job.meta, META_KEY: {**mine, "tags": merged}})
 
-    # The completion hook and its adapter `_outcome`. MERGE with the core's Outcome (branch
-    # `core`): the hook's signature becomes `(self, worker: Worker, job: QueuedJob,
-    # outcome: Outcome)` and its first line `state, failure = _outcome(job, None, outcome)`.
     @hookimpl
-    def chancy_job_completed(
-        self, worker: Worker, job: QueuedJob, error: BaseException | None
-    ) -> None:
-        state, failure = _outcome(job, error)
+    def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
+        state, failure = outcome.state.value, outcome.error
         if failure is None or not (state == "failed" or self.every_failure):
             return
         if any(_qualname(cls) in self.ignore for cls in type(failure).__mro__):

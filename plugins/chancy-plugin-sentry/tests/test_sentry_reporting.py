@@ -172,16 +172,3 @@ def test_misconfiguration_says_what_to_do() -> None:
         Sentry(ignore=[42])  # type: ignore[list-item]
     with pytest.raises(ConfigurationError, match="strings"):
         Sentry.tag(Job(func="a.b"), n=1)  # type: ignore[arg-type]
-
-
-def test_the_outcome_adapter_reads_both_forms_of_the_completion_hook() -> None:
-    from types import SimpleNamespace
-
-    from chancy_plugin_sentry import _outcome
-
-    job = QueuedJob(id="00000000-0000-0000-0000-000000000003", func="a.b")
-    error = ValueError("x")
-    retrying = QueuedJob(**{**job.__dict__, "state": QueuedJob.State.RETRYING})
-    assert _outcome(retrying, error) == ("retrying", error)  # the first form: job and error
-    outcome = SimpleNamespace(state=QueuedJob.State.FAILED, error=error)  # chancy_core.Outcome
-    assert _outcome(job, None, outcome) == ("failed", error)

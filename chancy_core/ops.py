@@ -1,0 +1,159 @@
+"""The worker's database operations, by name: the only worker code that knows statements.
+
+Each operation is a sans-IO generator (as the app's are): it yields
+``(statement, params)`` steps and receives each step's rows, so it runs on any
+connection through the app's one runner (:meth:`Chancy.execute
+<chancy_core.app.Chancy.execute>`, or ``Chancy._run`` on a connection the caller
+holds), which translates errors the same way everywhere (a missing table becomes
+:class:`~chancy_core.errors.SchemaMissingError`, a lost connection
+:class:`~chancy_core.errors.DatabaseUnavailableError`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Generator, Sequence
+from typing import Any, NamedTuple
+
+from chancy_core import sql as q
+from chancy_core.queue import Queue
+from chancy_core.sql import Schema, queue_from_row
+
+__all__ = [
+    "Claimed",
+    "Operation",
+    "OwnRunning",
+    "Rows",
+    "Step",
+    "claim",
+    "complete",
+    "own_running",
+    "register_worker",
+    "release",
+    "select_queues",
+    "unregister_worker",
+]
+
+Rows = list[tuple[Any, ...]]
+Step = tuple[bytes, dict[str, Any]]
+#: A database operation: yields steps, receives their rows, returns its result.
+Operation = Generator[Step, Rows, Any]
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class Claimed(NamedTuple):
+    """What a claim took."""
+
+    rows: Rows
+    """The claimed jobs, as rows of ``sql.JOB_COLUMNS``."""
+    token: str
+    """The claim's token: its jobs' outcomes are fenced on it."""
+    limited: bool
+    """Whether the queue's rate limit granted fewer jobs than asked for."""
+
+
+class OwnRunning(NamedTuple):
+    """A job the database says this worker runs (the heartbeat's check)."""
+
+    id: uuid.UUID
+    cancel_requested: bool
+    claimed_a_while_ago: bool
+    token: uuid.UUID | None
+
+
+def register_worker(
+    schema: Schema,
+    worker_id: str,
+    hostname: str,
+    pid: int,
+    tags: Sequence[str],
+    queues: Sequence[str],
+) -> Operation:
+    """Insert or refresh this worker's row (registration and heartbeat)."""
+    yield (
+        schema.render(q.UPSERT_WORKER),
+        {
+            "worker_id": worker_id,
+            "hostname": hostname,
+            "pid": pid,
+            "tags": list(tags),
+            "queues": list(queues),
+        },
+    )
+
+
+def unregister_worker(schema: Schema, worker_id: str) -> Operation:
+    """Delete this worker's row."""
+    yield schema.render(q.DELETE_WORKER), {"worker_id": worker_id}
+
+
+def select_queues(schema: Schema) -> Operation:
+    """Every declared queue."""
+    rows = yield schema.render(q.SELECT_QUEUES), {}
+    return [queue_from_row(row) for row in rows]
+
+
+def own_running(schema: Schema, worker_id: str, age: float) -> Operation:
+    """The jobs the database says ``worker_id`` runs, as :class:`OwnRunning`."""
+    rows = yield schema.render(q.SELECT_OWN_RUNNING), {"worker_id": worker_id, "age": age}
+    return [OwnRunning(*row) for row in rows]
+
+
+def release(
+    schema: Schema, worker_id: str, claims: Sequence[tuple[str | uuid.UUID, str | uuid.UUID | None]]
+) -> Operation:
+    """Put jobs back to ``pending`` (the attempt not counted), each fenced on the
+    ``(id, token)`` of the claim that took it; returns the ids released."""
+    if not claims:
+        return []
+    rows = yield (
+        schema.render(q.RELEASE_JOBS),
+        {
+            "ids": [uuid.UUID(str(i)) for i, _ in claims],
+            "tokens": [None if t is None else uuid.UUID(str(t)) for _, t in claims],
+            "worker_id": worker_id,
+        },
+    )
+    return [str(row[0]) for row in rows]
+
+
+def claim(schema: Schema, queue: Queue, limit: int, worker_id: str) -> Operation:
+    """Claim up to ``limit`` jobs of ``queue`` under a fresh token; :class:`Claimed`.
+
+    With a rate limit, tokens of the current window are taken first and unused ones given
+    back: run it in a transaction then (the row lock makes workers take turns)."""
+    token = str(uuid.uuid4())
+    params = {"queue": queue.name, "limit": limit, "worker_id": worker_id, "token": token}
+    statement = schema.render(q.CLAIM_JOBS)
+    if queue.rate_limit is None:
+        rows = yield statement, params
+        return Claimed(rows, token, False)
+    rate = {
+        "queue": queue.name,
+        "window": queue.rate_limit_window,
+        "limit": queue.rate_limit,
+        "wanted": limit,
+    }
+    yield schema.render(q.ENSURE_RATE_ROW), rate
+    granted_rows = yield schema.render(q.TAKE_RATE_TOKENS), rate
+    granted = granted_rows[0][0] if granted_rows else 0
+    if not granted:
+        return Claimed([], token, True)
+    rows = yield statement, {**params, "limit": granted}
+    if len(rows) < granted:
+        yield (
+            schema.render(q.RETURN_RATE_TOKENS),
+            {"queue": queue.name, "unused": granted - len(rows)},
+        )
+    return Claimed(rows, token, granted < limit)
+
+
+def complete(schema: Schema, worker_id: str, outcomes: Sequence[dict[str, Any]]) -> Operation:
+    """Write outcomes (as ``COMPLETE_JOBS`` reads them), fenced; returns the ids written."""
+    rows = yield (
+        schema.render(q.COMPLETE_JOBS),
+        {"outcomes": _encode(outcomes), "worker_id": worker_id, "channel": schema.channel},
+    )
+    return {str(row[0]) for row in rows}

@@ -1,0 +1,441 @@
+"""The worker: composes the components that claim, run and complete jobs.
+
+Start order (the worker's table of contents): the listener, the heartbeat, the
+completer, the queue set (one producer per served queue) and its watcher, the
+plugin tasks, leadership, then ``chancy_worker_started``. Claimed jobs run on
+the runner pool; each outcome goes to the completer, which writes it (fenced on
+the claim's token) and then reports it to ``chancy_job_completed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+
+from chancy_core import events, ops
+from chancy_core import sql as q
+from chancy_core.app import Chancy
+from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError, DatabaseUnavailableError
+from chancy_core.hooks import call_event
+from chancy_core.job import QueuedJob
+from chancy_core.queue import Queue
+from chancy_core.sql import job_from_row
+from chancy_core.worker.completer import Completer, Completion, storable
+from chancy_core.worker.functions import FunctionResolver
+from chancy_core.worker.heartbeat import Heartbeat
+from chancy_core.worker.listener import Listener
+from chancy_core.worker.producer import QueueProducer
+from chancy_core.worker.queues import QueueSet
+from chancy_core.worker.runner import JobRunner, RunnerPool, Running
+from chancy_core.worker.tasks import PluginTasks
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF = 5.0
+
+
+class Worker:
+    """Runs jobs from the queues whose tags match this worker's.
+
+    Use as an async context manager to run it in the background::
+
+        async with Worker(chancy) as worker:
+            await worker.wait_for_shutdown()
+
+    or ``await Worker(chancy).serve()`` to run until SIGINT/SIGTERM.
+
+    :param chancy: the app (opened by the caller).
+    :param worker_id: a unique id (default: a random UUID).
+    :param tags: the worker's tags, matched by queues' tag patterns (always
+        includes ``hostname:<host>`` and ``worker:<id>``).
+    :param allow: module prefixes whose functions may run, plus ``@job``
+        functions; ``None`` runs anything importable (see the module docs).
+    :param heartbeat_interval: seconds between heartbeats (and cancellation checks).
+    :param shutdown_timeout: seconds running jobs get to finish on shutdown
+        before they are stopped and put back to ``pending``.
+    :param completion_batch: outcomes written per statement at most.
+    :param completion_delay: seconds an outcome may wait for others to share its write.
+    """
+
+    def __init__(
+        self,
+        chancy: Chancy,
+        *,
+        worker_id: str | None = None,
+        tags: Iterable[str] | None = None,
+        allow: Sequence[str] | None = None,
+        heartbeat_interval: float = 5.0,
+        shutdown_timeout: float = 30.0,
+        completion_batch: int = 150,
+        completion_delay: float = 0.005,
+    ) -> None:
+        if isinstance(allow, str):
+            raise ConfigurationError("allow takes a list of module prefixes, not one string")
+        if heartbeat_interval <= 0 or shutdown_timeout < 0:
+            raise ConfigurationError("heartbeat_interval must be > 0 and shutdown_timeout >= 0")
+        if not 1 <= completion_batch <= 200:
+            raise ConfigurationError("completion_batch must be from 1 to 200")
+        self.chancy = chancy
+        self.worker_id = worker_id or str(uuid.uuid4())
+        self.hostname = socket.gethostname()
+        self.tags = frozenset(
+            {*(tags or {"default"}), f"hostname:{self.hostname}", f"worker:{self.worker_id}"}
+        )
+        self.allow = None if allow is None else tuple(allow)
+        self.shutdown_timeout = shutdown_timeout
+        self._schema = schema = chancy.schema
+        self._hooks = chancy.plugins.hook
+        self._stopping = anyio.Event()
+        self._stopped = anyio.Event()
+        self._outer: anyio.abc.TaskGroup | None = None
+        self._drain_scope: anyio.CancelScope | None = None
+
+        # The components, in data-path order.
+        self._listener = Listener(chancy.connect, schema.channel, self._on_event, self._missed)
+        self._queues = QueueSet(self.tags, self._new_producer)
+        self._runners: RunnerPool[tuple[QueueProducer, Running]] = RunnerPool(self._run_job)
+        self._job_runner = JobRunner(FunctionResolver(self.allow), self._hooks, self)
+        self._completer = Completer(
+            self._write,
+            batch=completion_batch,
+            delay=completion_delay,
+            on_written=self._written,
+        )
+        self._heartbeat = Heartbeat(
+            chancy.execute,
+            register=lambda: ops.register_worker(
+                schema,
+                self.worker_id,
+                self.hostname,
+                os.getpid(),
+                sorted(self.tags),
+                sorted(self._queues.producers),
+            ),
+            unregister=partial(ops.unregister_worker, schema, self.worker_id),
+            own_running=partial(ops.own_running, schema, self.worker_id),
+            release=partial(ops.release, schema, self.worker_id),
+            knows=self._knows,
+            cancel=self._cancel_running,
+            on_transient=self._check_pool,
+            interval=heartbeat_interval,
+            worker_id=self.worker_id,
+        )
+        self._tasks = PluginTasks(self._hooks, self)
+
+    # --- what plugins see (WorkerHandle) ---------------------------------------------------
+
+    @property
+    def app(self) -> Chancy:
+        """The app this worker runs jobs of (the same as :attr:`chancy`)."""
+        return self.chancy
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this worker leads (runs the leader-only plugin tasks)."""
+        return self._tasks.is_leader
+
+    async def set_leader(self, leader: bool) -> None:
+        """Become (or stop being) the leader: start or stop the leader-only tasks.
+
+        Called by a leadership plugin; without one, every worker leads itself."""
+        await self._tasks.set_leader(leader)
+
+    @property
+    def running_jobs(self) -> list[QueuedJob]:
+        """The jobs this worker is executing right now."""
+        return [r.job for producer in self._queues.all() for r in producer.running]
+
+    @property
+    def queues(self) -> dict[str, QueueProducer]:
+        """The producers of the queues this worker serves, by name."""
+        return self._queues.producers
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between heartbeats."""
+        return self._heartbeat.interval
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._outer = anyio.create_task_group()
+        await self._outer.__aenter__()
+        try:
+            await self._outer.start(self.run)
+        except BaseException:
+            await self._outer.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        await self.stop()
+        assert self._outer is not None
+        return await self._outer.__aexit__(*exc_info)
+
+    async def stop(self) -> None:
+        """Stop claiming, let running jobs finish (up to ``shutdown_timeout``), and exit."""
+        self._stopping.set()
+        await self._stopped.wait()
+
+    async def wait_for_shutdown(self) -> None:
+        """Wait until the worker has stopped."""
+        await self._stopped.wait()
+
+    async def serve(self) -> None:
+        """Run until SIGINT or SIGTERM, then shut down gracefully (a second signal stops
+        the running jobs at once)."""
+        import signal
+
+        async with anyio.create_task_group() as tg:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        if not self._stopping.is_set():
+                            log.info("received signal %s; shutting down", signum)
+                            self._stopping.set()
+                        else:
+                            log.info("received signal %s again; stopping running jobs", signum)
+                            self.shutdown_timeout = 0
+                            if self._drain_scope is not None:
+                                self._drain_scope.cancel()
+
+                tg.start_soon(on_signal)
+                await self.run()
+                tg.cancel_scope.cancel()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the worker until :meth:`stop` (or SIGTERM via :meth:`serve`)."""
+        try:
+            await self._heartbeat.register()  # SchemaMissingError if not migrated
+            try:
+                elects = bool(self._hooks.chancy_elects_leader(worker=self))
+            except Exception:
+                # Safe side: no leader-only task runs until a plugin makes this worker lead.
+                log.exception("a plugin failed in chancy_elects_leader; waiting for a leader")
+                elects = True
+            async with anyio.create_task_group() as tg:
+                self._runners.start(tg)
+                self._queues.start(tg)
+                await tg.start(self._listener.run)
+                tg.start_soon(self._heartbeat.run)
+                tg.start_soon(self._completer.run)
+                self._queues.apply(await self.chancy.execute(ops.select_queues(self._schema)))
+                tg.start_soon(self._queues.run, self._read_queues)
+                self._tasks.start(tg)
+                if not elects:
+                    await self.set_leader(True)
+                await call_event(self._hooks.chancy_worker_started, worker=self)
+                log.info(
+                    "worker %s started, serving %s",
+                    self.worker_id,
+                    sorted(self._queues.producers),
+                    extra={"worker_id": self.worker_id},
+                )
+                task_status.started()
+                await self._stopping.wait()
+                await self._shutdown()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._runners.aclose()
+                for producer in self._queues.all():
+                    with anyio.move_on_after(10):
+                        await producer.executor.aclose()
+                self._stopped.set()
+
+    def _busy(self) -> bool:
+        """Whether a job still runs, or a producer may still start one. (A job leaves its
+        producer's slots and its outcome is recorded in one step, with no await between.)"""
+        return any(p.running or not p.done.is_set() for p in self._queues.all())
+
+    async def _shutdown(self) -> None:
+        """Stop claiming, drain (up to ``shutdown_timeout``), stop what is left and put it
+        back to ``pending``, write every outcome, and unregister."""
+        with anyio.CancelScope(shield=True):
+            self._queues.close()  # stop claiming; running jobs go on
+            with anyio.move_on_after(self.shutdown_timeout) as self._drain_scope:
+                await call_event(self._hooks.chancy_worker_stopping, worker=self)
+                while self._busy():
+                    await anyio.sleep(0.01)
+            # Stop what is left. A claim that was under way when the producers were
+            # cancelled still starts its jobs, so repeat until nothing runs.
+            released: list[tuple[str, str]] = []
+            while self._busy():
+                for producer in self._queues.all():
+                    for running in producer.running:
+                        if running.stop("shutdown"):
+                            released.append((running.job.id, running.token))
+                await anyio.sleep(0.01)
+            with anyio.move_on_after(max(self.shutdown_timeout, 5.0)):
+                try:
+                    await self._completer.flush()  # first: a finished job keeps its outcome
+                    await self._retrying(
+                        "releasing jobs",
+                        partial(ops.release, self._schema, self.worker_id, released),
+                    )
+                    await self._heartbeat.unregister(partial(self._retrying, "unregistering"))
+                except Exception:
+                    log.exception("worker %s could not shut down cleanly", self.worker_id)
+            log.info("worker %s stopped", self.worker_id, extra={"worker_id": self.worker_id})
+
+    # --- the data path: claim → run → complete ---------------------------------------------
+
+    def _new_producer(self, queue: Queue, previous: QueueProducer | None) -> QueueProducer:
+        return QueueProducer(
+            queue,
+            claim=self._claim,
+            start=self._start_job,
+            unwritten=self._completer.unwritten,
+            on_transient=self._check_pool,
+            previous=previous,
+        )
+
+    async def _claim(self, queue: Queue, limit: int) -> ops.Claimed:
+        """Claim up to ``limit`` jobs of ``queue``.
+
+        Waiting for a connection can be cancelled; once it has one, the claim is shielded
+        from cancellation (a retirement, the shutdown), so that claimed rows always reach
+        the producer, which starts them with no await between."""
+        pool = self.chancy.pool
+        conn = await pool.getconn()
+        op = ops.claim(self._schema, queue, limit, self.worker_id)
+        claimed: ops.Claimed | None = None
+        with anyio.CancelScope(shield=True) as shield:
+            shield.deadline = anyio.current_time() + max(30.0, 3 * self.chancy.connect_timeout)
+            try:
+                if queue.rate_limit is None:
+                    claimed = await self.chancy._run(conn, op)
+                else:  # the rate-limit tokens and the claim commit together
+                    async with conn.transaction():
+                        claimed = await self.chancy._run(conn, op)
+            finally:
+                await pool.putconn(conn)
+        if claimed is None:
+            raise DatabaseUnavailableError(f"claiming from {queue.name} did not finish in time")
+        return claimed
+
+    def _start_job(self, producer: QueueProducer, row: tuple[Any, ...], token: str) -> None:
+        try:
+            job = job_from_row(row)
+        except Exception as exc:  # a row written by hand that is not a valid job
+            self._completer.record(
+                Completion(
+                    id=str(row[q.J_ID]),
+                    queue=row[q.J_QUEUE],
+                    token=token,
+                    state="failed",
+                    error=storable(f"invalid job row, not run: {exc}"),
+                )
+            )
+            return
+        running = Running(job, token)
+        producer.running.add(running)
+        self._runners.submit((producer, running))
+
+    async def _run_job(self, item: tuple[QueueProducer, Running]) -> None:
+        producer, running = item
+        try:
+            completion = await self._job_runner.run(running, producer.executor)
+        finally:
+            producer.finished(running)
+            self._queues.job_ended(producer)
+        if completion is not None:
+            self._completer.record(completion)
+
+    async def _write(self, batch: Sequence[Completion]) -> set[str]:
+        op = partial(ops.complete, self._schema, self.worker_id, [c.as_json() for c in batch])
+        accepted: set[str] = await self._retrying("writing outcomes", op)
+        return accepted
+
+    async def _written(self, batch: Sequence[Completion], accepted: set[str]) -> None:
+        """After a write: wake producers (a due retry, freed slots), then report the
+        outcomes the database accepted to ``chancy_job_completed``."""
+        again = {c.queue for c in batch if c.state == "retrying" and not c.scheduled_at}
+        for name in {c.queue for c in batch}:
+            producer = self._queues.get(name)
+            if producer is not None and (producer.more or name in again):
+                producer.wake()
+        for c in batch:
+            if c.outcome is not None and c.job is not None and c.id in accepted:
+                await call_event(
+                    self._hooks.chancy_job_completed, worker=self, job=c.job, outcome=c.outcome
+                )
+
+    # --- events, cancellation, the heartbeat's check ---------------------------------------
+
+    def _on_event(self, event: events.Event) -> None:
+        if event.kind == events.PUSHED:
+            producer = self._queues.get(str(event.queue))
+            if producer is not None:
+                producer.wake()
+        elif event.kind == events.QUEUE:
+            self._queues.changed.set()
+        elif event.kind == events.CANCEL:
+            self._cancel_running(set(event.ids))
+
+    def _missed(self) -> None:
+        """The listener reconnected: events may have been missed."""
+        self._queues.wake_all()
+        self._queues.changed.set()
+
+    def _cancel_running(self, ids: set[str]) -> None:
+        for producer in self._queues.all():
+            for running in producer.running:
+                if running.job.id in ids:
+                    running.stop("cancel")
+
+    def _knows(self, job_id: str) -> bool:
+        """Whether this worker runs ``job_id`` or holds its outcome."""
+        return any(
+            r.job.id == job_id for p in self._queues.all() for r in p.running
+        ) or self._completer.holds(job_id)
+
+    async def _read_queues(self) -> list[Queue]:
+        queues: list[Queue] = await self.chancy.execute(ops.select_queues(self._schema))
+        return queues
+
+    # --- the database --------------------------------------------------------------------
+
+    async def _retrying(self, what: str, op: Callable[[], ops.Operation]) -> Any:
+        """Run the operation ``op()`` builds until the database answers, backing off up to
+        5 s."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.chancy.execute(op())
+            except TRANSIENT_ERRORS as exc:
+                log.warning(
+                    "%s failed (%s); retrying in %.1fs",
+                    what,
+                    exc,
+                    delay,
+                    extra={"worker_id": self.worker_id},
+                )
+                await self._check_pool()
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _check_pool(self) -> None:
+        """After a connection error, drop the pool's broken connections at once (after a
+        database restart every pooled connection is dead, and each would fail once)."""
+        with anyio.move_on_after(5):
+            try:
+                await self.chancy.pool.check()
+            except Exception as exc:
+                log.debug("checking the pool failed: %s", exc)
+
+    def __repr__(self) -> str:
+        return f"Worker({self.worker_id!r}, queues={sorted(self._queues.producers)!r})"

@@ -316,7 +316,7 @@ class Views:
             timeline.append((job.started_at, f"attempt {job.attempts} started"))
         if job.completed_at is not None:
             timeline.append((job.completed_at, job.state.value))
-        fields = {name: getattr(job, name, None) for name in ("result", "progress")}
+        fields = {"result": job.result, "result error": job.result_error, "progress": job.progress}
         return {
             "job": job,
             "kwargs": _pretty(job.kwargs),

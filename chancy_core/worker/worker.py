@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -230,8 +231,6 @@ class Worker:
     async def serve(self) -> None:
         """Run until SIGINT or SIGTERM, then shut down gracefully (a second signal stops
         the running jobs at once)."""
-        import signal
-
         try:
             await self._serve_until_signalled(signal.SIGINT, signal.SIGTERM)
         except BaseExceptionGroup as group:
@@ -241,7 +240,7 @@ class Worker:
                 raise group.exceptions[0] from None
             raise
 
-    async def _serve_until_signalled(self, *signums: int) -> None:
+    async def _serve_until_signalled(self, *signums: signal.Signals) -> None:
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(*signums) as signals:
 

@@ -21,11 +21,12 @@ def plugin_path(name: str) -> str:
     return str(ROOT / "plugins" / name)
 
 
-def plugin_install(name: str) -> str:
-    """The ``-e`` argument installing a plugin, with its ``test`` extra if it declares one."""
+def plugin_install(name: str, extras: tuple[str, ...] = ("test",)) -> str:
+    """The ``-e`` argument installing a plugin, with those of ``extras`` it declares
+    (``test``: what its tests need; ``e2e``: what its browser tests need)."""
     project = tomllib.loads((ROOT / "plugins" / name / "pyproject.toml").read_text())["project"]
-    extra = "[test]" if "test" in project.get("optional-dependencies", {}) else ""
-    return f"-e{plugin_path(name)}{extra}"
+    found = [e for e in extras if e in project.get("optional-dependencies", {})]
+    return f"-e{plugin_path(name)}" + (f"[{','.join(found)}]" if found else "")
 
 
 @nox.session(python=PYTHON, tags=["test"])
@@ -39,7 +40,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the core and every plugin."""
-    session.install("-e", ".[dev,embedded]", *[plugin_install(p) for p in PLUGINS])
+    session.install("-e", ".[dev,embedded]", *[plugin_install(p, ("test", "e2e")) for p in PLUGINS])
     session.run("mypy")
     for plugin in PLUGINS:
         session.run("mypy", "--config-file", "pyproject.toml", plugin_path(plugin))
@@ -150,6 +151,28 @@ def soak(session: nox.Session) -> None:
         "-e", plugin_path("chancy-plugin-pruner"),
     )  # fmt: skip
     session.run("python", "-m", "chaos.soak", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """The dashboard's browser tests: a real worker, dashboard and database, driven by
+    Playwright in Debian's chromium (`apt-get install chromium`; .ci/run installs it)."""
+    session.install(
+        "-e",
+        ".[dev,embedded]",
+        "-e",
+        plugin_path("chancy-plugin-dashboard") + "[e2e]",
+        *[f"-e{plugin_path(p)}" for p in ("chancy-plugin-cron", "chancy-plugin-metrics")],
+        "-e",
+        plugin_path("chancy-plugin-leadership"),
+    )
+    session.run(
+        "pytest",
+        plugin_path("chancy-plugin-dashboard") + "/e2e",
+        "-p",
+        "chancy_core.testing",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)

@@ -1,5 +1,6 @@
 """chancy-core: a distributed job queue for Python built on PostgreSQL."""
 
+from chancy_core.admin import JobPage, QueueStats, WorkerInfo
 from chancy_core.app import Chancy
 from chancy_core.errors import ChancyError
 from chancy_core.hookspecs import WorkerHandle, hookimpl
@@ -14,14 +15,17 @@ __all__ = [
     "ErrorT",
     "IsAJob",
     "Job",
+    "JobPage",
     "Limit",
     "Outcome",
     "Queue",
+    "QueueStats",
     "QueuedJob",
     "Reference",
     "RetryDecision",
     "Worker",
     "WorkerHandle",
+    "WorkerInfo",
     "hookimpl",
     "job",
 ]

@@ -17,7 +17,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, Self
 
 import anyio
@@ -30,8 +31,9 @@ from psycopg.adapt import AdaptersMap
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from chancy_core import events, hooks
+from chancy_core import admin, events, hooks
 from chancy_core import sql as q
+from chancy_core.admin import JobPage, QueueStats, StateFilter, WorkerInfo
 from chancy_core.connection import (
     PGBOUNCER_POLL_INTERVAL,
     ConnectionSettings,
@@ -45,6 +47,7 @@ from chancy_core.errors import (
     DatabaseUnavailableError,
     InvalidJobError,
     JobNotFoundError,
+    QueueNotFoundError,
     SchemaMissingError,
 )
 from chancy_core.hooks import implemented
@@ -57,7 +60,7 @@ from chancy_core.job import (
     to_json,
 )
 from chancy_core.migrations import MigrationSet, apply, load_migrations
-from chancy_core.ops import Operation
+from chancy_core.ops import Operation, Rows, Step
 from chancy_core.plugins import build_plugin_manager
 from chancy_core.queue import Queue
 from chancy_core.sql import job_from_row, queue_from_row
@@ -577,6 +580,7 @@ class Chancy:
         return result
 
     def _push_op(self, jobs: list[Job]) -> Operation:
+        yield from self._guard_push(jobs)
         ids = [uuid7() for _ in jobs]
         params: dict[str, Any] = {
             "ids": ids,
@@ -939,34 +943,314 @@ class Chancy:
         found: list[Queue] = await self.execute(op())
         return found
 
-    async def delete_queue(self, name: str) -> bool:
-        """Delete a queue's declaration (its jobs stay); returns whether it existed."""
-        return await self._queue_change(q.DELETE_QUEUE, name, None)
+    # --- operating: browse jobs, queues and workers, and act on them (chancy_core.admin) ---
+    # Each method runs one operation of chancy_core.admin; the sync twins run the same one.
 
-    async def pause_queue(self, name: str) -> bool:
-        """Stop workers from starting the queue's jobs; returns whether the queue exists."""
-        return await self._queue_change(q.SET_QUEUE_STATE, name, Queue.State.PAUSED)
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: StateFilter = None,
+        func: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of jobs, newest first, filtered by queue, state(s), function and
+        creation time (``since <= created_at < until``); pass the page's ``next_cursor``
+        as ``cursor`` for the next one. Index-driven at any table size when a queue or a
+        state is given (see :mod:`chancy_core.admin`)."""
+        flt = admin.JobFilter.of(queue=queue, state=state, func=func, since=since, until=until)
+        page: JobPage = await self.execute(
+            admin.list_jobs_op(self.schema, flt, limit=limit, cursor=cursor)
+        )
+        return page
+
+    def sync_list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: StateFilter = None,
+        func: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Sync twin of :meth:`list_jobs`."""
+        flt = admin.JobFilter.of(queue=queue, state=state, func=func, since=since, until=until)
+        page: JobPage = self.sync_execute(
+            admin.list_jobs_op(self.schema, flt, limit=limit, cursor=cursor)
+        )
+        return page
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Every declared queue and every queue that has jobs (``queue`` None when it is
+        not declared): jobs per state and the oldest waiting job. Counts every row."""
+        stats: list[QueueStats] = await self.execute(admin.queue_stats_op(self.schema))
+        return stats
+
+    def sync_queue_stats(self) -> list[QueueStats]:
+        """Sync twin of :meth:`queue_stats`."""
+        stats: list[QueueStats] = self.sync_execute(admin.queue_stats_op(self.schema))
+        return stats
+
+    async def list_workers(self, *, timeout: float = 60.0) -> list[WorkerInfo]:
+        """Every registered worker with its heartbeat age and running jobs; ``alive`` when
+        it beat within ``timeout`` seconds (the recovery plugin's default)."""
+        workers: list[WorkerInfo] = await self.execute(
+            admin.list_workers_op(self.schema, timeout=timeout)
+        )
+        return workers
+
+    def sync_list_workers(self, *, timeout: float = 60.0) -> list[WorkerInfo]:
+        """Sync twin of :meth:`list_workers`."""
+        workers: list[WorkerInfo] = self.sync_execute(
+            admin.list_workers_op(self.schema, timeout=timeout)
+        )
+        return workers
+
+    async def retry_job(self, ref: Reference | str) -> QueuedJob:
+        """Run a failed (or succeeded) job again: state pending, due now, ``max_attempts``
+        raised by one if exhausted, its errors kept. Raises
+        :class:`~chancy_core.errors.JobStateError` for a job that has not finished."""
+        job: QueuedJob = await self.execute(admin.retry_job_op(self.schema, ref), transaction=True)
+        return job
+
+    def sync_retry_job(self, ref: Reference | str) -> QueuedJob:
+        """Sync twin of :meth:`retry_job`."""
+        job: QueuedJob = self.sync_execute(admin.retry_job_op(self.schema, ref), transaction=True)
+        return job
+
+    async def requeue_job(self, ref: Reference | str, *, queue: str | None = None) -> QueuedJob:
+        """Make a waiting (pending or retrying) job due now, optionally on another queue."""
+        job: QueuedJob = await self.execute(
+            admin.requeue_job_op(self.schema, ref, queue=queue), transaction=True
+        )
+        return job
+
+    def sync_requeue_job(self, ref: Reference | str, *, queue: str | None = None) -> QueuedJob:
+        """Sync twin of :meth:`requeue_job`."""
+        job: QueuedJob = self.sync_execute(
+            admin.requeue_job_op(self.schema, ref, queue=queue), transaction=True
+        )
+        return job
+
+    async def set_job_priority(self, ref: Reference | str, priority: int) -> QueuedJob:
+        """Change a waiting job's priority (higher runs first)."""
+        job: QueuedJob = await self.execute(
+            admin.set_job_priority_op(self.schema, ref, priority), transaction=True
+        )
+        return job
+
+    def sync_set_job_priority(self, ref: Reference | str, priority: int) -> QueuedJob:
+        """Sync twin of :meth:`set_job_priority`."""
+        job: QueuedJob = self.sync_execute(
+            admin.set_job_priority_op(self.schema, ref, priority), transaction=True
+        )
+        return job
+
+    async def reschedule_job(self, ref: Reference | str, at: datetime) -> QueuedJob:
+        """Change when a waiting job may start (a timezone-aware datetime)."""
+        job: QueuedJob = await self.execute(
+            admin.reschedule_job_op(self.schema, ref, at), transaction=True
+        )
+        return job
+
+    def sync_reschedule_job(self, ref: Reference | str, at: datetime) -> QueuedJob:
+        """Sync twin of :meth:`reschedule_job`."""
+        job: QueuedJob = self.sync_execute(
+            admin.reschedule_job_op(self.schema, ref, at), transaction=True
+        )
+        return job
+
+    async def delete_job(self, ref: Reference | str) -> bool:
+        """Delete a job that is not running (a running one raises
+        :class:`~chancy_core.errors.JobStateError`: cancel it first)."""
+        done: bool = await self.execute(admin.delete_job_op(self.schema, ref), transaction=True)
+        return done
+
+    def sync_delete_job(self, ref: Reference | str) -> bool:
+        """Sync twin of :meth:`delete_job`."""
+        done: bool = self.sync_execute(admin.delete_job_op(self.schema, ref), transaction=True)
+        return done
+
+    def sync_cancel_job(self, ref: Reference | str) -> bool:
+        """Sync twin of :meth:`cancel_job`."""
+        count: int = self.sync_execute(self._cancel_op([ref]), transaction=True)
+        return count > 0
+
+    async def retry_jobs(self, **filter: Any) -> int:
+        """Retry every failed job matching the filter (``queue``, ``state``, ``func``,
+        ``since``, ``until``; succeeded ones too if ``state`` names them); returns how many.
+        Jobs whose unique key an unfinished job holds are skipped."""
+        count: int = await self.execute(
+            admin.retry_jobs_op(self.schema, admin.JobFilter.of(**filter)), transaction=True
+        )
+        return count
+
+    def sync_retry_jobs(self, **filter: Any) -> int:
+        """Sync twin of :meth:`retry_jobs`."""
+        count: int = self.sync_execute(
+            admin.retry_jobs_op(self.schema, admin.JobFilter.of(**filter)), transaction=True
+        )
+        return count
+
+    async def cancel_jobs(self, **filter: Any) -> int:
+        """Cancel every unfinished job matching the filter; returns how many."""
+        count: int = await self.execute(
+            admin.cancel_jobs_op(self.schema, admin.JobFilter.of(**filter)), transaction=True
+        )
+        return count
+
+    def sync_cancel_jobs(self, **filter: Any) -> int:
+        """Sync twin of :meth:`cancel_jobs`."""
+        count: int = self.sync_execute(
+            admin.cancel_jobs_op(self.schema, admin.JobFilter.of(**filter)), transaction=True
+        )
+        return count
+
+    async def delete_jobs(self, **filter: Any) -> int:
+        """Delete every job matching the filter that is not running (a filter is required);
+        returns how many."""
+        count: int = await self.execute(
+            admin.delete_jobs_op(self.schema, admin.JobFilter.of(**filter)), transaction=True
+        )
+        return count
+
+    def sync_delete_jobs(self, **filter: Any) -> int:
+        """Sync twin of :meth:`delete_jobs`."""
+        count: int = self.sync_execute(
+            admin.delete_jobs_op(self.schema, admin.JobFilter.of(**filter)), transaction=True
+        )
+        return count
+
+    async def wait_for_jobs(
+        self,
+        refs: Sequence[Reference | str],
+        *,
+        timeout: float | None = None,
+        interval: float = 1.0,
+    ) -> list[QueuedJob]:
+        """Wait until every job finishes; returns them in the order of ``refs``. Raises
+        :class:`TimeoutError` when ``timeout`` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done: list[QueuedJob] = []
+        for ref in refs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done.append(await self.wait_for_job(ref, timeout=left, interval=interval))
+        return done
+
+    def sync_wait_for_jobs(
+        self,
+        refs: Sequence[Reference | str],
+        *,
+        timeout: float | None = None,
+        interval: float = 1.0,
+    ) -> list[QueuedJob]:
+        """Sync twin of :meth:`wait_for_jobs`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done: list[QueuedJob] = []
+        for ref in refs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done.append(self.sync_wait_for_job(ref, timeout=left, interval=interval))
+        return done
+
+    async def pause_queue(self, name: str, *, resume_at: datetime | None = None) -> bool:
+        """Stop workers from starting the queue's jobs, until ``resume_at`` if given (it
+        then resumes by itself); returns whether the queue exists."""
+        op = admin.set_queue_state_op(self.schema, name, Queue.State.PAUSED, resume_at)
+        changed: bool = await self.execute(op)
+        return changed
+
+    def sync_pause_queue(self, name: str, *, resume_at: datetime | None = None) -> bool:
+        """Sync twin of :meth:`pause_queue`."""
+        op = admin.set_queue_state_op(self.schema, name, Queue.State.PAUSED, resume_at)
+        changed: bool = self.sync_execute(op)
+        return changed
 
     async def resume_queue(self, name: str) -> bool:
         """Let workers start the queue's jobs again; returns whether the queue exists."""
-        return await self._queue_change(q.SET_QUEUE_STATE, name, Queue.State.ACTIVE)
-
-    async def _queue_change(self, statement: Any, name: str, state: Queue.State | None) -> bool:
-        check_queue_name(name, ConfigurationError)
-
-        def op() -> Operation:
-            rows = yield (
-                self.schema.render(statement),
-                {
-                    "name": name,
-                    "state": state.value if state else None,
-                    "channel": self.schema.channel,
-                },
-            )
-            return bool(rows)
-
-        changed: bool = await self.execute(op())
+        changed: bool = await self.execute(
+            admin.set_queue_state_op(self.schema, name, Queue.State.ACTIVE)
+        )
         return changed
+
+    def sync_resume_queue(self, name: str) -> bool:
+        """Sync twin of :meth:`resume_queue`."""
+        changed: bool = self.sync_execute(
+            admin.set_queue_state_op(self.schema, name, Queue.State.ACTIVE)
+        )
+        return changed
+
+    async def delete_queue(
+        self, name: str, *, purge_jobs: bool = False, keep_jobs: bool = False
+    ) -> bool:
+        """Delete a queue's declaration; returns whether it existed. While the queue holds
+        unfinished jobs it refuses (:class:`~chancy_core.errors.JobStateError`), unless
+        ``purge_jobs`` (deletes its waiting jobs, cancels its running ones) or ``keep_jobs``
+        (they wait until the queue is declared again)."""
+        op = admin.delete_queue_op(self.schema, name, purge_jobs=purge_jobs, keep_jobs=keep_jobs)
+        deleted: bool = await self.execute(op, transaction=True)
+        self.__dict__.get("_declared_queues", set()).discard(name)
+        return deleted
+
+    def sync_delete_queue(
+        self, name: str, *, purge_jobs: bool = False, keep_jobs: bool = False
+    ) -> bool:
+        """Sync twin of :meth:`delete_queue`."""
+        op = admin.delete_queue_op(self.schema, name, purge_jobs=purge_jobs, keep_jobs=keep_jobs)
+        deleted: bool = self.sync_execute(op, transaction=True)
+        self.__dict__.get("_declared_queues", set()).discard(name)
+        return deleted
+
+    async def update_queue(self, name: str, **changes: Any) -> Queue:
+        """Change only the given settings of a declared queue (``concurrency``,
+        ``executor``, ``executor_options``, ``rate_limit``, ``rate_limit_window``,
+        ``polling_interval``, ``tags``); returns the queue as it now is."""
+        queue: Queue = await self.execute(
+            admin.update_queue_op(self.schema, name, changes), transaction=True
+        )
+        return queue
+
+    def sync_update_queue(self, name: str, **changes: Any) -> Queue:
+        """Sync twin of :meth:`update_queue`."""
+        queue: Queue = self.sync_execute(
+            admin.update_queue_op(self.schema, name, changes), transaction=True
+        )
+        return queue
+
+    require_declared_queues: bool = True
+    """Whether pushing to a queue that is not declared fails (QueueNotFoundError). Set it
+    to ``False`` on an app to let such jobs wait until the queue is declared."""
+
+    check_kwargs_on_push: bool = True
+    """Whether push checks each job's kwargs against its function's signature when the
+    function is known (registered with ``@job`` or in a module already imported)."""
+
+    def _guard_push(self, jobs: list[Job]) -> Generator[Step, Rows, None]:
+        """Refuse jobs whose kwargs their (known) function cannot take, and jobs for
+        queues nobody declared (one query per batch for names not seen declared yet)."""
+        if self.check_kwargs_on_push:
+            admin.check_signatures(jobs)
+        if not self.require_declared_queues:
+            return
+        known: set[str] = self.__dict__.setdefault("_declared_queues", set())
+        wanted = {job.queue for job in jobs} - known
+        if not wanted:
+            return
+        found: set[str] = yield from admin.queue_exists_op(self.schema, sorted(wanted))
+        known |= found
+        missing = sorted(wanted - found)
+        if missing:
+            raise QueueNotFoundError(
+                f"queue {', '.join(map(repr, missing))} is not declared, so no worker would"
+                " run the job: declare it first (`await chancy.declare(Queue(name))` or"
+                f" `chancy queue declare {missing[0]}`)"
+            )
+
+    # --- end of operating ------------------------------------------------------------------
 
     async def count_jobs(
         self, states: Iterable[QueuedJob.State] = (QueuedJob.State.PENDING,)

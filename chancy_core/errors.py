@@ -20,9 +20,11 @@ __all__ = [
     "JobCrashed",
     "JobNotAllowedError",
     "JobNotFoundError",
+    "JobStateError",
     "MemoryLimitExceeded",
     "MigrationError",
     "PluginError",
+    "QueueNotFoundError",
     "RemoteError",
     "SchemaMissingError",
     "TimeLimitExceeded",
@@ -63,6 +65,14 @@ class InvalidQueueError(ChancyError, ValueError):
 
 class JobNotFoundError(ChancyError, LookupError):
     """The job does not exist (it may have been pruned or never pushed)."""
+
+
+class JobStateError(ChancyError):
+    """The job is not in a state this action applies to: the message says which it is in."""
+
+
+class QueueNotFoundError(ChancyError, LookupError):
+    """No queue of that name is declared: declare it first (`chancy queue declare`)."""
 
 
 class JobNotAllowedError(ChancyError):

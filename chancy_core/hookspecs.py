@@ -314,7 +314,10 @@ def chancy_register_commands(subparsers: Any) -> None:
     ``subparsers`` is an :mod:`argparse` sub-parsers object: call
     ``subparsers.add_parser(...)`` and set the handler on the new parser with
     ``set_defaults(handler=handler)``, where ``async def handler(app, args) -> int``
-    gets a connected :class:`Chancy` and returns the exit status.
+    gets a connected :class:`Chancy` and returns the exit status. A command that
+    needs no connection (it opens its own, or none) sets ``local=func`` instead:
+    ``func(args, plugin_manager) -> int`` runs without an event loop (a
+    ``ChancyError`` it raises is printed as for a handler).
 
     Sync only. Runs in the ``chancy`` command.
 

@@ -14,11 +14,12 @@ name a class (instantiated without arguments) or an instance.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -35,16 +36,75 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "RECOVERS_DEAD_WORKERS",
     "build_plugin_manager",
     "call_event",
     "implemented",
     "plugin_name",
+    "plugin_options",
+    "recovers_dead_workers",
 ]
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "chancy"
 AUTOLOAD_ENV = "CHANCY_DISABLE_PLUGIN_AUTOLOAD"
+
+
+RECOVERS_DEAD_WORKERS = "recovers_dead_workers"
+"""The plugin attribute that says a plugin puts back the jobs of dead workers: a plugin
+with ``recovers_dead_workers = True`` (chancy-plugin-recovery) silences the worker's
+start-up warning that no plugin does."""
+
+
+def recovers_dead_workers(plugin: object) -> bool:
+    """Whether ``plugin`` says it puts back the jobs of dead workers (see
+    :data:`RECOVERS_DEAD_WORKERS`)."""
+    return getattr(plugin, RECOVERS_DEAD_WORKERS, False) is True
+
+
+def plugin_options(plugin: object) -> str:
+    """A plugin's options, for people (the worker's start-up summary, ``chancy plugins``):
+    its ``describe()`` if it has one, its own ``__repr__`` if it defines one, else its
+    public attributes that look like settings, as ``name=value`` pairs."""
+    describe = getattr(plugin, "describe", None)
+    if callable(describe):
+        try:
+            text = describe()
+        except Exception as exc:  # a summary never stops a worker
+            return f"(describe() failed: {exc})"
+        if isinstance(text, str):  # another protocol's describe() is not ours
+            return text
+    if type(plugin).__repr__ is not object.__repr__:
+        return repr(plugin)
+    try:
+        options = {k: v for k, v in vars(plugin).items() if not k.startswith("_")}
+    except TypeError:  # no __dict__ (slots, a module)
+        return ""
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in options.items() if _is_option(v))
+    return shown
+
+
+_SCALARS = (int, float, str, bool, type(None), timedelta, enum.Enum)
+
+
+def _is_option(value: object, depth: int = 0) -> bool:
+    """Whether an attribute looks like an option (plain data, nested at most twice), not
+    internal state (a registry, a random generator, a sample)."""
+    if isinstance(value, _SCALARS):
+        return True
+    if depth >= 2:
+        return False
+    if isinstance(value, list | tuple | frozenset | set):
+        return all(_is_option(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_option(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class CoreDefaults:

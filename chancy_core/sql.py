@@ -212,9 +212,13 @@ FROM notified, finished
 
 # --- queues --------------------------------------------------------------------------------
 
+# The state is the effective one: a queue paused until a time that has passed reads as
+# active (pause_queue(resume_at=...)), so workers resume it with no write and no change of
+# their own; resume_queue or the next declaration clears resume_at.
 QUEUE_COLUMNS: LiteralString = (
     "name, concurrency, executor, executor_options, polling_interval, rate_limit,"
-    " rate_limit_window, tags, state"
+    " rate_limit_window, tags,"
+    " CASE WHEN state = 'paused' AND resume_at <= now() THEN 'active' ELSE state END"
 )
 
 UPSERT_QUEUE: LiteralString = """
@@ -228,7 +232,7 @@ WITH upserted AS (
         executor_options = EXCLUDED.executor_options,
         polling_interval = EXCLUDED.polling_interval, rate_limit = EXCLUDED.rate_limit,
         rate_limit_window = EXCLUDED.rate_limit_window, tags = EXCLUDED.tags,
-        state = EXCLUDED.state, updated_at = now()
+        state = EXCLUDED.state, resume_at = NULL, updated_at = now()
     RETURNING name
 )
 SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM upserted

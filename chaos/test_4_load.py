@@ -113,6 +113,7 @@ async def test_concurrent_pushers_never_duplicate_a_unique_key(database, mode, r
     errors: dict[str, int] = {}
     seen: dict[str, set[str]] = {}
     async with Chancy(database, autoload_plugins=False, max_connections=pushers) as app:
+        await app.declare(Queue("u"))  # a push to an undeclared queue fails
 
         async def pusher(seed: int) -> None:
             rng = random.Random(seed)

@@ -565,10 +565,10 @@ async def test_pause_resume_and_delete_of_an_undeclared_queue_return_false(chanc
 
 @pytest.mark.db
 @pytest.mark.anyio
-async def test_delete_queue_removes_the_declaration_but_keeps_its_jobs(chancy):
+async def test_delete_queue_with_keep_jobs_removes_the_declaration_but_keeps_its_jobs(chancy):
     await chancy.declare(Queue("q"))
     ref = await chancy.push(a_job(queue="q"))
-    assert await chancy.delete_queue("q") is True
+    assert await chancy.delete_queue("q", keep_jobs=True) is True
     assert await chancy.get_queue("q") is None
     assert await chancy.get_job(ref) is not None
 

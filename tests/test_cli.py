@@ -36,12 +36,14 @@ def test_unknown_command_is_a_usage_error(capsys):
 def test_queue_and_job_commands_round_trip(database, capsys):
     dsn = ["--dsn", database]
     assert run(capsys, *dsn, "migrate")[0] == 0
-    status, out, _ = run(capsys, *dsn, "queue", "declare", "emails", "--concurrency", "4")
-    assert (status, out.strip()) == (0, "declared queue emails")
+    status, out, err = run(capsys, *dsn, "queue", "declare", "emails", "--concurrency", "4")
+    assert (status, out.strip()) == (0, "declared queue emails (active, async, concurrency 4)")
+    assert err.startswith("chancy: using database ")
     status, out, _ = run(capsys, *dsn, "queue", "pause", "emails")
     assert (status, out.strip()) == (0, "paused queue emails")
-    status, out, _ = run(capsys, *dsn, "queue", "list")
-    assert out.split() == ["emails", "paused", "async", "concurrency=4"]
+    status, out, _ = run(capsys, *dsn, "queue", "list", "--json")
+    (queue,) = json.loads(out)
+    assert (queue["name"], queue["state"], queue["concurrency"]) == ("emails", "paused", 4)
 
     status, out, _ = run(
         capsys,
@@ -58,7 +60,7 @@ def test_queue_and_job_commands_round_trip(database, capsys):
     )
     assert status == 0
     ref = out.strip()
-    status, out, _ = run(capsys, *dsn, "job", "get", ref)
+    status, out, _ = run(capsys, *dsn, "job", "get", ref, "--json")
     found = json.loads(out)
     assert (status, found["func"], found["kwargs"], found["priority"], found["state"]) == (
         0,
@@ -69,7 +71,7 @@ def test_queue_and_job_commands_round_trip(database, capsys):
     )
     assert run(capsys, *dsn, "job", "cancel", ref)[:2] == (0, f"cancelled {ref}\n")
     status, _, err = run(capsys, *dsn, "job", "cancel", ref)
-    assert status == 1 and "is not pending" in err
+    assert status == 1 and f"job {ref} is failed: only a pending" in err
 
 
 def test_bad_input_exits_non_zero_with_a_message(database, capsys):
@@ -79,9 +81,9 @@ def test_bad_input_exits_non_zero_with_a_message(database, capsys):
     status, _, err = run(capsys, *dsn, "job", "push", "not a name")
     assert status == 1 and "invalid func" in err
     status, _, err = run(capsys, *dsn, "queue", "pause", "missing")
-    assert status == 1 and "no queue named 'missing'" in err
+    assert status == 3 and "no queue named 'missing'" in err
     status, _, err = run(capsys, *dsn, "job", "get", "not-a-ref")
-    assert status == 1 and "is not a job reference" in err
+    assert status == 3 and "is not a job reference" in err
 
 
 def test_an_unreachable_database_is_reported_with_the_password_masked(capsys):
@@ -94,3 +96,90 @@ def test_plugins_lists_nothing_when_discovery_is_off(capsys, monkeypatch):
     monkeypatch.setenv("CHANCY_DISABLE_PLUGIN_AUTOLOAD", "1")
     status, out, _ = run(capsys, "plugins")
     assert status == 0 and out.startswith("no plugins installed")
+
+
+def test_no_arguments_prints_the_help_with_the_exit_codes(capsys):
+    status, out, _ = run(capsys)
+    assert status == 0 and "usage: chancy" in out and "exit codes:" in out
+    assert "3    no such job or queue" in out
+
+
+def test_common_options_work_after_the_command_name(database, capsys):
+    status, out, err = run(capsys, "queue", "list", "--dsn", database, "-q", "--json")
+    assert (status, json.loads(out), err) == (0, [], "")
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["job", "list", "--state", "done"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("chancy: error: argument --state")
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from chancy_core.cli import build_parser
+    from chancy_core.plugins import build_plugin_manager
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif action.help is None and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(build_plugin_manager(None, autoload=False)), "chancy")
+    assert missing == []
+
+
+def test_processes_gives_each_child_its_own_worker_id():
+    from chancy_core.cli import _option_value
+
+    argv = ["worker", "start", "--worker-id", "w", "--tags", "x", "--worker-id=z"]
+    assert _option_value(argv, "--worker-id") == "z"
+    assert argv == ["worker", "start", "--tags", "x"]
+
+
+def test_job_push_limits_and_a_dropped_unique_key_push_is_told(database, capsys):
+    dsn = ["--dsn", database, "-q"]
+    assert run(capsys, *dsn, "queue", "declare", "default")[0] == 0
+    push = [*dsn, "job", "push", "elsewhere.f", "--unique-key", "k", "--time-limit", "30"]
+    status, out, _ = run(capsys, *push, "--kwargs", '{"a": 1}')
+    ref = out.strip()
+    status, out, _ = run(capsys, *dsn, "job", "get", ref, "--json")
+    assert json.loads(out)["limits"] == [{"t": "time", "v": 30}]
+    status, out, err = run(capsys, *push, "--kwargs", '{"a": 2}', "-v")
+    assert (status, out.strip()) == (0, ref)
+    assert f"unique key 'k' is held by job {ref} (pending, other kwargs)" in err
+
+
+def test_check_fails_on_a_database_that_was_never_migrated(postgres_dsn, capsys):
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from chancy_core.testing import dsn_for_database
+
+    name = f"chancy_unmigrated_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = dsn_for_database(postgres_dsn, name)
+        status, out, _ = run(capsys, "--dsn", dsn, "-q", "check", "--json")
+        found = json.loads(out)
+        assert status == 1 and found["ok"] is False
+        (core,) = [c for c in found["checks"] if c["check"] == "migrations core"]
+        assert "not applied" in core["detail"] and "run `chancy migrate`" in core["detail"]
+        assert run(capsys, "--dsn", dsn, "-q", "migrate")[0] == 0
+        assert run(capsys, "--dsn", dsn, "-q", "check")[0] == 0
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

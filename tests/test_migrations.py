@@ -162,37 +162,3 @@ def test_migration_files_with_a_gap_in_their_numbers_are_refused(tmp_path: Path,
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(MigrationError, match=r"numbered 0001, 0002, \.\.\. without gaps"):
         load_migrations("gappy", package.name)
-
-
-class Staged:
-    """A plugin whose step 1 is a placeholder until ``real`` is set."""
-
-    name = "staged"
-
-    def __init__(self, real: bool) -> None:
-        self.real = real
-
-    @hookimpl
-    def chancy_migrations(self) -> MigrationSet:
-        first = (
-            Migration(1, "table", "CREATE TABLE {staged_t} (id int)")
-            if self.real
-            else Migration(1, "reserved", "SELECT 1")
-        )
-        return MigrationSet("staged", (first, Migration(2, "later", "SELECT 1")))
-
-
-@pytest.mark.db
-@pytest.mark.anyio
-async def test_a_real_step_replaces_a_placeholder_already_recorded(database):
-    """A database migrated while a number was a placeholder (``NNNN_reserved``) still gets
-    the real step of that number once it arrives: nothing is skipped silently."""
-    async with Chancy(database, plugins=[Staged(real=False)]) as app:
-        assert await app.migrate() == ["staged:0001_reserved", "staged:0002_later"]
-    assert ("staged", 1, "reserved") in ledger(database)
-    async with Chancy(database, plugins=[Staged(real=True)]) as app:
-        assert await app.migrate() == ["staged:0001_table"]
-        assert await app.migrate() == []
-    assert ("staged", 1, "table") in ledger(database)
-    assert ("staged", 1, "reserved") not in ledger(database)
-    assert "chancy_staged_t" in tables(database)

@@ -85,7 +85,7 @@ async def test_start_up_summary_names_queues_plugins_options_and_masks_the_passw
     summary = next(m for m in _messages(caplog) if m.startswith("worker summary-w1 started"))
     assert "  queue cpu: process executor, concurrency 2, active" in summary
     assert "  queue emails: async executor, concurrency 20, active" in summary
-    assert "  plugin configured: Configured(backoff=7.0, label='x')" in summary
+    assert "  plugin configured: backoff=7.0, label='x'" in summary
     assert "  plugin described: Described(port=9477)" in summary
     assert "database " in summary
     # Described says it recovers dead workers' jobs: no warning.
@@ -234,11 +234,11 @@ async def test_job_state_is_unchanged_by_these_logs(chancy: Chancy, run_worker):
     assert done.state is QueuedJob.State.SUCCEEDED and done.result == 3
 
 
-def test_describe_plugin_shows_options_not_internal_state():
+def test_plugin_options_shows_options_not_internal_state():
     import random
     from datetime import timedelta
 
-    from chancy_core.worker.worker import describe_plugin
+    from chancy_core.plugins import plugin_options
 
     class Plugin:
         def __init__(self) -> None:
@@ -251,8 +251,8 @@ def test_describe_plugin_shows_options_not_internal_state():
         def describe(self):  # another protocol's describe (a prometheus collector's)
             return iter(())
 
-    text = describe_plugin("p", Plugin())
+    text = plugin_options(Plugin())
     assert text == (
-        "p: Plugin(interval=2.5, retention={'failed': datetime.timedelta(days=2)},"
-        " policy={'backoff': 7.0, 'retry_on': ['OSError']})"
+        "interval=2.5, retention={'failed': datetime.timedelta(days=2)},"
+        " policy={'backoff': 7.0, 'retry_on': ['OSError']}"
     )

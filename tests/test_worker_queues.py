@@ -80,7 +80,7 @@ async def test_deleted_queue_stops_being_served_and_its_running_job_finishes(cha
         async with run_worker(chancy) as worker:
             running = await chancy.push(s.make_job(s.sleeper, "q", seconds=0.5))
             await s.wait_state(chancy, running, "running")
-            assert await chancy.delete_queue("q")
+            assert await chancy.delete_queue("q", keep_jobs=True)
             await s.wait_until(lambda: "q" not in worker.queues, timeout=1)
             # The job that was running finishes and its outcome is written.
             await s.wait_state(chancy, running, "succeeded", timeout=3)
@@ -101,7 +101,7 @@ async def test_shutdown_waits_for_jobs_of_a_deleted_queue(chancy, run_worker):
         async with run_worker(chancy, shutdown_timeout=0.2) as worker:
             ref = await chancy.push(s.make_job(s.sleeper, "q", seconds=30))
             await s.wait_state(chancy, ref, "running")
-            await chancy.delete_queue("q")
+            await chancy.delete_queue("q", keep_jobs=True)
             await s.wait_until(lambda: "q" not in worker.queues, timeout=1)
             assert [j.id for j in worker.running_jobs] == [str(ref)]
     row = await s.job_row(chancy, ref)

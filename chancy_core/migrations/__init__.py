@@ -7,10 +7,6 @@ sequence of SQL files ``NNNN_description.sql`` in a package. The SQL uses
 applied in its own transaction under an advisory lock, and recorded in the
 ``{prefix}migrations`` table; running :func:`apply` again, or from several
 processes at once, applies each step exactly once.
-
-A step named ``reserved`` (``NNNN_reserved.sql``, an empty stand-in for a number another
-branch owns, since numbers have no gaps) does not hold its number: where it was recorded,
-the real step of that number is applied when it arrives and replaces it in the ledger.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ import psycopg
 from chancy_core.errors import MigrationError
 from chancy_core.sql import Schema
 
-__all__ = ["PLACEHOLDER", "Migration", "MigrationSet", "apply", "load_migrations"]
+__all__ = ["Migration", "MigrationSet", "apply", "load_migrations"]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +38,6 @@ CREATE TABLE IF NOT EXISTS {migrations} (
     PRIMARY KEY (component, version)
 )
 """
-
-
-PLACEHOLDER = "reserved"
-"""The name of an empty step (``NNNN_reserved.sql``) standing in for a number another
-branch owns: when the real step of that number arrives, it is applied even where the
-placeholder was recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +90,11 @@ async def apply(
                 await conn.execute(schema.compose(CREATE_LEDGER))
                 cur = await conn.execute(
                     schema.compose(
-                        "SELECT name FROM {migrations} WHERE component = %s AND version = %s"
+                        "SELECT 1 FROM {migrations} WHERE component = %s AND version = %s"
                     ),
                     (mset.component, migration.version),
                 )
-                row = await cur.fetchone()
-                recorded = row[0] if isinstance(row, tuple) else None  # the step's name
-                # A step recorded as a placeholder (PLACEHOLDER) still runs once the real
-                # step of that number arrives, which then takes its place in the ledger.
-                if recorded is not None and (
-                    recorded != PLACEHOLDER or migration.name == PLACEHOLDER
-                ):
+                if await cur.fetchone():
                     continue
                 label = f"{mset.component}:{migration.version:04d}_{migration.name}"
                 try:
@@ -120,12 +104,6 @@ async def apply(
                     raise MigrationError(
                         f"migration {label} failed and was rolled back: {exc}"
                     ) from exc
-                await conn.execute(
-                    schema.compose(
-                        "DELETE FROM {migrations} WHERE component = %s AND version = %s"
-                    ),
-                    (mset.component, migration.version),
-                )
                 await conn.execute(
                     schema.compose(
                         "INSERT INTO {migrations} (component, version, name) VALUES (%s, %s, %s)"

@@ -9,13 +9,12 @@ the claim's token) and then reports it to ``chancy_job_completed``.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
 from functools import partial
 from typing import Any, Self
 
@@ -33,7 +32,7 @@ from chancy_core.errors import (
 )
 from chancy_core.hooks import call_event
 from chancy_core.job import QueuedJob
-from chancy_core.plugins import registered
+from chancy_core.plugins import plugin_options, recovers_dead_workers, registered
 from chancy_core.queue import Queue
 from chancy_core.sql import job_from_row
 from chancy_core.worker.completer import Completer, Completion, storable
@@ -46,63 +45,15 @@ from chancy_core.worker.queues import QueueSet
 from chancy_core.worker.runner import JobRunner, RunnerPool, Running
 from chancy_core.worker.tasks import PluginTasks
 
-__all__ = ["RECOVERS_DEAD_WORKERS", "Worker", "describe_plugin"]
+__all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
 
-RECOVERS_DEAD_WORKERS = "recovers_dead_workers"
-"""The plugin attribute that says a plugin puts back the jobs of dead workers: a plugin
-with ``recovers_dead_workers = True`` (chancy-plugin-recovery) silences the worker's
-start-up warning that no plugin does."""
-
 #: (database, prefix, worker id) of the workers running in this process: a second one
 #: with the same id is refused even though its host and pid are the same.
 _RUNNING_HERE: set[tuple[str, str, str]] = set()
-
-
-def describe_plugin(name: str, plugin: object) -> str:
-    """A plugin and its options, for the start-up summary: its ``describe()`` if it has
-    one, its own ``__repr__`` if it defines one, else its public attributes."""
-    describe = getattr(plugin, "describe", None)
-    if callable(describe):
-        try:
-            text = describe()
-        except Exception as exc:  # a summary never stops a worker
-            return f"{name}: (describe() failed: {exc})"
-        if isinstance(text, str):  # another protocol's describe() is not ours
-            return f"{name}: {text}"
-    if type(plugin).__repr__ is not object.__repr__:
-        return f"{name}: {plugin!r}"
-    try:
-        options = {k: v for k, v in vars(plugin).items() if not k.startswith("_")}
-    except TypeError:  # no __dict__ (slots, a module)
-        return name
-    shown = ", ".join(f"{k}={_short(v)}" for k, v in options.items() if _is_option(v))
-    return f"{name}: {type(plugin).__name__}({shown})"
-
-
-_SCALARS = (int, float, str, bool, type(None), timedelta, enum.Enum)
-
-
-def _is_option(value: object, depth: int = 0) -> bool:
-    """Whether an attribute looks like an option (plain data, nested at most twice), not
-    internal state (a registry, a random generator, a sample)."""
-    if isinstance(value, _SCALARS):
-        return True
-    if depth >= 2:
-        return False
-    if isinstance(value, list | tuple | frozenset | set):
-        return all(_is_option(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_option(v, depth + 1) for k, v in value.items())
-    return False
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class Worker:
@@ -280,10 +231,18 @@ class Worker:
     async def serve(self) -> None:
         """Run until SIGINT or SIGTERM, then shut down gracefully (a second signal stops
         the running jobs at once)."""
-        import signal
+        try:
+            await self._serve_until_signalled(signal.SIGINT, signal.SIGTERM)
+        except BaseExceptionGroup as group:
+            # The signal task never raises: the worker's own error (a live namesake, a
+            # schema not migrated...) reaches the caller as itself, not inside a group.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
+    async def _serve_until_signalled(self, *signums: signal.Signals) -> None:
         async with anyio.create_task_group() as tg:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.open_signal_receiver(*signums) as signals:
 
                 async def on_signal() -> None:
                     async for signum in signals:
@@ -411,11 +370,11 @@ class Worker:
             )
         if not self._queues.producers:
             lines.append(f"  no queue matches this worker's tags {sorted(self.tags)}")
-        lines += [f"  plugin {describe_plugin(name, p)}" for name, p in plugins]
+        lines += [f"  plugin {name}: {plugin_options(p)}" for name, p in plugins]
         if not plugins:
             lines.append("  no plugins")
         log.info("\n".join(lines), extra={"worker_id": self.worker_id})
-        if not any(getattr(p, RECOVERS_DEAD_WORKERS, False) is True for _, p in plugins):
+        if not any(recovers_dead_workers(p) for _, p in plugins):
             log.warning(
                 "worker %s: no plugin recovers the jobs of dead workers: if a worker dies"
                 " (kill -9, out of memory, a lost host) its running jobs stay 'running'"

@@ -42,8 +42,13 @@ def project_database(postgres_dsn: str) -> Iterator[str]:
     django.setup()
     call_command("migrate", verbosity=0)
     call_command("chancy_migrate", verbosity=0)
+    from chancy_plugin_django.conf import get_app, queues
+
+    # Enqueueing needs declared queues (a push to an undeclared queue fails): declare the
+    # settings' queues now, as a deploy does, not only when the worker starts.
+    for queue in queues():
+        get_app().sync_declare(queue)
     yield url
-    from chancy_plugin_django.conf import get_app
 
     get_app().sync_close()
     connections.close_all()

@@ -267,7 +267,7 @@ async def test_each_child_of_worker_start_processes_serves_its_own_port(database
     base = two_free_ports()
     env = {**os.environ, PORT_ENV: str(base)}
     command = [sys.executable, "-m", "chancy_core.cli", "--dsn", database, "worker", "start"]
-    command += ["--processes", "2", "--queue", "default", "--shutdown-timeout", "2"]
+    command += ["--processes", "2", "--queue", "default", "--declare", "--shutdown-timeout", "2"]
     parent = subprocess.Popen(command, env=env)
     try:
         workers: dict[int, set[str]] = {}

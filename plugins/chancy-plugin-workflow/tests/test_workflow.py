@@ -467,6 +467,7 @@ def test_workflow_commands_list_show_and_cancel(
     flow.add("a", job(h.noop))
     flow.add("b", job(h.noop), depends_on=["a"])
     with Chancy(database) as app:
+        app.sync_declare(Queue("default"))
         wid = sync_submit_workflow(app, flow)
     assert main(["--dsn", database, "workflow", "list"]) == 0
     assert capsys.readouterr().out.startswith(f"{wid}\trunning\t0/2\t")

@@ -1,0 +1,1 @@
+"""The dashboard's browser tests (`nox -s e2e`)."""

@@ -30,7 +30,17 @@ def start(dsn: str, *args: str, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "chancy_core.cli", "--dsn", dsn, "worker", "start", *args],
+            [
+                sys.executable,
+                "-m",
+                "chancy_core.cli",
+                "--dsn",
+                dsn,
+                "worker",
+                "start",
+                "--declare",
+                *args,
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

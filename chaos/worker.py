@@ -1,9 +1,10 @@
 """A worker process of the chaos suite: ``python -m chaos.worker CONFIG_JSON``.
 
-The configuration (a JSON object) names the DSN, the worker's id, its options and the
-recovery plugin's (``"recovery": {...}`` or ``null`` for none). The worker serves until
-SIGTERM (graceful) or SIGKILL (the suite's kill test). Plugins are not discovered: the
-suite passes exactly the ones it tests.
+The configuration (a JSON object) names the DSN, the worker's id, its options, the
+app's (``"app": {...}``, keyword arguments of ``Chancy``) and the recovery and pruner
+plugins' (``"recovery": {...}``, ``"pruner": {...}``; absent or ``null`` for none).
+The worker serves until SIGTERM (graceful) or SIGKILL (the suite's kill test). Plugins
+are not discovered: the suite passes exactly the ones it tests.
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ async def serve(config: dict[str, Any]) -> None:
         from chancy_plugin_recovery import Recovery
 
         plugins.append(Recovery(**config["recovery"]))
+    if config.get("pruner") is not None:
+        from chancy_plugin_pruner import Pruner
+
+        plugins.append(Pruner(**config["pruner"]))
     async with Chancy(
         config["dsn"],
         autoload_plugins=False,
         plugins=plugins,
         max_connections=config.get("max_connections", 10),
         connect_timeout=config.get("connect_timeout", 5.0),
+        **config.get("app", {}),  # e.g. call_timeout, statement_timeout, pgbouncer
     ) as app:
         worker = Worker(
             app,

@@ -123,6 +123,8 @@ async def test_shutdown_says_how_many_jobs_it_waits_for(chancy: Chancy, run_work
                 [Job.from_func(s.counted, queue="q", kwargs={"seconds": 20}) for _ in range(2)]
             )
             await s.wait_all(chancy, refs, "running", timeout=10)
+            while s.GAUGE.now < 2:  # claimed is not yet started: both jobs must be running
+                await anyio.sleep(0.01)
     waiting = [m for m in _messages(caplog) if m.startswith("worker draining is shutting down")]
     assert waiting == [
         "worker draining is shutting down: waiting up to 0.5s for 2 running jobs to finish"

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, Self
+from typing import Any, LiteralString, Self
 
 import anyio
 import pluggy
@@ -612,12 +612,15 @@ class Chancy:
         job_id = str(_job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
+        waiting: LiteralString = "SELECT pg_advisory_lock_shared(%s)"
         conn: psycopg.AsyncConnection[Any] | None = None
         try:
             while True:
                 try:
                     if conn is None or conn.closed:
                         conn = await self.connect()
+                        # Before the read below: workers announce "done" only to waiters.
+                        await conn.execute(waiting, (events.waiter_lock(self.schema.channel),))
                         await conn.execute(listen)
                     found: QueuedJob | None = (await self._run(conn, self._get_op([job_id])))[0]
                 except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
@@ -662,12 +665,15 @@ class Chancy:
         job_id = str(_job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
+        waiting: LiteralString = "SELECT pg_advisory_lock_shared(%s)"
         conn: psycopg.Connection[Any] | None = None
         try:  # reconnects like wait_for_job: a database restart must not fail the caller
             while True:
                 try:
                     if conn is None or conn.closed:
                         conn = self.sync_connect()
+                        # Before the read below: workers announce "done" only to waiters.
+                        conn.execute(waiting, (events.waiter_lock(self.schema.channel),))
                         conn.execute(listen)
                     found: QueuedJob | None = self._run_sync(conn, self._get_op([job_id]))[0]
                 except (psycopg.OperationalError, DatabaseUnavailableError) as exc:

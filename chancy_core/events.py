@@ -12,6 +12,13 @@ kind       payload                             sent by / meaning
 ``done``   ``{"e":"done","ids":[id,...]}``     jobs reached ``succeeded`` or ``failed``
 ========== =================================== ==========================================
 
+A worker sends ``done`` only while someone waits: a waiter holds the shared session
+advisory lock :func:`waiter_lock` of the channel (``wait_for_job`` does) *before* it
+reads the job's state, and the completion statement tries that lock exclusively and
+notifies only when it cannot take it. The waiter's lock waits for a completion that holds
+it, so a job finished unannounced is always seen by the waiter's read that follows.
+(Cancelling a waiting job and the recovery plugin always send ``done``.)
+
 The core's statements emit them in ``chancy_core.sql`` (inside the statement that
 makes the change, so an event is sent only if the change commits); plugins may send
 them too (the recovery plugin sends ``pushed``). Anyone may NOTIFY on the channel:
@@ -21,10 +28,11 @@ them too (the recovery plugin sends ``pushed``). Anyone may NOTIFY on the channe
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["CANCEL", "DONE", "PUSHED", "QUEUE", "Event", "finishes", "parse"]
+__all__ = ["CANCEL", "DONE", "PUSHED", "QUEUE", "Event", "finishes", "parse", "waiter_lock"]
 
 PUSHED: Final = "pushed"
 QUEUE: Final = "queue"
@@ -74,3 +82,8 @@ def finishes(payload: str, job_id: str) -> bool:
         return False
     event = parse(payload)
     return event is not None and event.kind == DONE and job_id in event.ids
+
+
+def waiter_lock(channel: str) -> int:
+    """The advisory lock key a waiter for ``done`` events on ``channel`` holds (shared)."""
+    return zlib.crc32(f"chancy-waiters:{channel}".encode())

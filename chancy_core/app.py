@@ -497,6 +497,12 @@ class Chancy:
         """Push many jobs in one transaction, one statement per ``batch_size`` jobs."""
         batches = self._batches(self._as_jobs(jobs), batch_size)
         try:  # connecting and committing fail outside _run: say so as clearly
+            if len(batches) == 1:
+                # One INSERT statement is atomic on its own (autocommit): no BEGIN and
+                # COMMIT round trips. A unique-key conflict's retries need no snapshot.
+                async with self.pool.connection() as conn:
+                    one: list[Reference] = await self._run(conn, self._push_op(batches[0]))
+                    return one
             async with self.pool.connection() as conn, conn.transaction():
                 refs: list[Reference] = []
                 for batch in batches:
@@ -529,6 +535,10 @@ class Chancy:
         """Sync twin of :meth:`push_many`."""
         batches = self._batches(self._as_jobs(jobs), batch_size)
         try:
+            if len(batches) == 1:  # one statement: atomic without a transaction (push_many)
+                with self._sync_pool_opened().connection() as conn:
+                    one: list[Reference] = self._run_sync(conn, self._push_op(batches[0]))
+                    return one
             with self._sync_pool_opened().connection() as conn, conn.transaction():
                 refs: list[Reference] = []
                 for batch in batches:

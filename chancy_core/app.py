@@ -437,6 +437,29 @@ class Chancy:
         return result
 
     def _push_op(self, jobs: list[Job]) -> Operation:
+        if len(jobs) == 1 and jobs[0].unique_key is None:
+            job = jobs[0]
+            job_id = uuid7()
+            yield (
+                self.schema.render(q.INSERT_JOB),
+                {
+                    "id": job_id,
+                    "queue": job.queue,
+                    "func": job.func,
+                    "kwargs": _json(job.kwargs, "kwargs", job),
+                    "meta": _json(job.meta, "meta", job),
+                    "priority": job.priority,
+                    "max_attempts": job.max_attempts,
+                    "scheduled_at": job.scheduled_at,
+                    "limits": (
+                        json.dumps([limit.serialize() for limit in job.limits])
+                        if job.limits
+                        else "[]"
+                    ),
+                    "channel": self.schema.channel,
+                },
+            )
+            return [Reference(str(job_id))]
         ids = [uuid7() for _ in jobs]
         params: dict[str, Any] = {
             "ids": ids,

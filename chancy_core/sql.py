@@ -153,6 +153,19 @@ UNION ALL
 SELECT NULL FROM notified WHERE notified.count < 0
 """
 
+# One job without a unique key (every plain push()): scalar parameters, no arrays to
+# encode or unnest, nothing to conflict on. Returns one row (the NOTIFY's).
+INSERT_JOB: LiteralString = """
+WITH ins AS (
+    INSERT INTO {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at,
+                        limits)
+    VALUES (%(id)s, %(queue)s, %(func)s, %(kwargs)s::jsonb, %(meta)s::jsonb, %(priority)s,
+            %(max_attempts)s, %(scheduled_at)s, %(limits)s::jsonb)
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, '{{"e":"pushed","q":' || to_json(queue)::text || '}}') FROM ins
+"""
+
 SELECT_UNIQUE: LiteralString = """
 SELECT unique_key, id FROM {jobs}
 WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('pending', 'running', 'retrying')

@@ -52,7 +52,7 @@ from chancy_core.plugins import build_plugin_manager
 from chancy_core.queue import Queue
 from chancy_core.sql import job_from_row, queue_from_row
 
-__all__ = ["DSN_ENV", "Chancy", "mask_dsn"]
+__all__ = ["COPY_MIN_JOBS", "DSN_ENV", "Chancy", "mask_dsn"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,47 @@ def _json(value: Any, what: str, job: Job) -> str:
         return to_json(value)
     except ValueError as exc:
         raise InvalidJobError(f"{what} of job {job.func} {exc}") from None
+
+
+#: From this many jobs without unique keys, push_many streams them with binary COPY
+#: (measured against the INSERT: about 1.15x at 500, 1,000 and 10,000 a call, 0.9x at 100).
+COPY_MIN_JOBS = 500
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+def _copy_rows(jobs: list[Job]) -> tuple[list[Reference], list[tuple[Any, ...]], list[str]]:
+    """References, COPY_JOBS rows (every value checked first) and the queues of ``jobs``."""
+    rows = []
+    refs = []
+    for job in jobs:
+        job_id = uuid7()
+        refs.append(Reference(str(job_id)))
+        limits = json.dumps([limit.serialize() for limit in job.limits]) if job.limits else "[]"
+        rows.append(
+            (
+                job_id,
+                job.queue,
+                job.func,
+                Jsonb(_json(job.kwargs, "kwargs", job), _as_is),  # already JSON text
+                Jsonb(_json(job.meta, "meta", job), _as_is),
+                job.priority,
+                job.max_attempts,
+                job.scheduled_at,
+                Jsonb(limits, _as_is),
+            )
+        )
+    return refs, rows, sorted({job.queue for job in jobs})
+
+
+def _single(statement: bytes, params: dict[str, Any]) -> Operation:
+    yield statement, params
+
+
+def _copyable(jobs: list[Job]) -> bool:
+    return len(jobs) >= COPY_MIN_JOBS and all(job.unique_key is None for job in jobs)
 
 
 def _job_id(ref: Reference | str) -> uuid.UUID:
@@ -517,9 +558,24 @@ class Chancy:
     async def push_many(
         self, jobs: Iterable[Job | IsAJob[..., Any]], *, batch_size: int = 1000
     ) -> list[Reference]:
-        """Push many jobs in one transaction, one statement per ``batch_size`` jobs."""
-        batches = self._batches(self._as_jobs(jobs), batch_size)
+        """Push many jobs in one transaction, one statement per ``batch_size`` jobs (from
+        :data:`COPY_MIN_JOBS` jobs without unique keys: one binary ``COPY``)."""
+        found = self._as_jobs(jobs)
+        batches = self._batches(found, batch_size)
         try:  # connecting and committing fail outside _run: say so as clearly
+            if _copyable(found):
+                copied, rows, queues = _copy_rows(found)
+                async with self.pool.connection() as conn, conn.transaction():
+                    try:
+                        async with conn.cursor().copy(self.schema.render(q.COPY_JOBS)) as copy:
+                            copy.set_types(q.COPY_JOBS_TYPES)
+                            for row in rows:
+                                await copy.write_row(row)
+                    except psycopg.Error as exc:
+                        raise self._translate(exc) from exc
+                    params = {"queues": queues, "channel": self.schema.channel}
+                    await self._run(conn, _single(self.schema.render(q.NOTIFY_PUSHED), params))
+                return copied
             if len(batches) == 1:
                 # One INSERT statement is atomic on its own (autocommit): no BEGIN and
                 # COMMIT round trips. A unique-key conflict's retries need no snapshot.
@@ -556,8 +612,22 @@ class Chancy:
         self, jobs: Iterable[Job | IsAJob[..., Any]], *, batch_size: int = 1000
     ) -> list[Reference]:
         """Sync twin of :meth:`push_many`."""
-        batches = self._batches(self._as_jobs(jobs), batch_size)
+        found = self._as_jobs(jobs)
+        batches = self._batches(found, batch_size)
         try:
+            if _copyable(found):  # as push_many
+                copied, rows, queues = _copy_rows(found)
+                with self._sync_pool_opened().connection() as conn, conn.transaction():
+                    try:
+                        with conn.cursor().copy(self.schema.render(q.COPY_JOBS)) as copy:
+                            copy.set_types(q.COPY_JOBS_TYPES)
+                            for row in rows:
+                                copy.write_row(row)
+                    except psycopg.Error as exc:
+                        raise self._translate(exc) from exc
+                    params = {"queues": queues, "channel": self.schema.channel}
+                    self._run_sync(conn, _single(self.schema.render(q.NOTIFY_PUSHED), params))
+                return copied
             if len(batches) == 1:  # one statement: atomic without a transaction (push_many)
                 with self._sync_pool_opened().connection() as conn:
                     one: list[Reference] = self._run_sync(conn, self._push_op(batches[0]))

@@ -166,6 +166,19 @@ WITH ins AS (
 SELECT pg_notify(%(channel)s, '{{"e":"pushed","q":' || to_json(queue)::text || '}}') FROM ins
 """
 
+# Many jobs without unique keys (push_many of COPY_MIN_JOBS or more): streamed with binary
+# COPY in one transaction, then one "pushed" event per queue (COPY cannot NOTIFY itself).
+COPY_JOBS: LiteralString = """
+COPY {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at, limits)
+FROM STDIN (FORMAT BINARY)
+"""
+COPY_JOBS_TYPES = ("uuid", "text", "text", "jsonb", "jsonb", "int4", "int4", "timestamptz", "jsonb")
+
+NOTIFY_PUSHED: LiteralString = """
+SELECT count(pg_notify(%(channel)s, '{{"e":"pushed","q":' || to_json(queue)::text || '}}'))
+FROM unnest(%(queues)s::text[]) AS queue
+"""
+
 SELECT_UNIQUE: LiteralString = """
 SELECT unique_key, id FROM {jobs}
 WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('pending', 'running', 'retrying')

@@ -715,7 +715,9 @@ class Chancy:
         job_id = str(_job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
-        waiting: LiteralString = "SELECT pg_advisory_lock_shared(%s)"
+        waiting: LiteralString = (
+            "SELECT count(pg_advisory_lock_shared(%s::int4, n)) FROM generate_series(0, %s) AS n"
+        )
         conn: psycopg.AsyncConnection[Any] | None = None
         try:
             while True:
@@ -723,7 +725,10 @@ class Chancy:
                     if conn is None or conn.closed:
                         conn = await self.connect()
                         # Before the read below: workers announce "done" only to waiters.
-                        await conn.execute(waiting, (events.waiter_lock(self.schema.channel),))
+                        await conn.execute(
+                            waiting,
+                            (events.waiter_lock(self.schema.channel), events.WAITER_SLOTS - 1),
+                        )
                         await conn.execute(listen)
                     found: QueuedJob | None = (await self._run(conn, self._get_op([job_id])))[0]
                 except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
@@ -768,7 +773,9 @@ class Chancy:
         job_id = str(_job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
-        waiting: LiteralString = "SELECT pg_advisory_lock_shared(%s)"
+        waiting: LiteralString = (
+            "SELECT count(pg_advisory_lock_shared(%s::int4, n)) FROM generate_series(0, %s) AS n"
+        )
         conn: psycopg.Connection[Any] | None = None
         try:  # reconnects like wait_for_job: a database restart must not fail the caller
             while True:
@@ -776,7 +783,10 @@ class Chancy:
                     if conn is None or conn.closed:
                         conn = self.sync_connect()
                         # Before the read below: workers announce "done" only to waiters.
-                        conn.execute(waiting, (events.waiter_lock(self.schema.channel),))
+                        conn.execute(
+                            waiting,
+                            (events.waiter_lock(self.schema.channel), events.WAITER_SLOTS - 1),
+                        )
                         conn.execute(listen)
                     found: QueuedJob | None = self._run_sync(conn, self._get_op([job_id]))[0]
                 except (psycopg.OperationalError, DatabaseUnavailableError) as exc:

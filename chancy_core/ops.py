@@ -175,6 +175,7 @@ def complete(schema: Schema, worker_id: str, outcomes: Sequence[dict[str, Any]])
             "worker_id": worker_id,
             "channel": schema.channel,
             "waiters": events.waiter_lock(schema.channel),
+            "slot": events.waiter_slot(worker_id),
         },
     )
     return {str(row[0]) for row in rows}

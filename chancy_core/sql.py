@@ -390,14 +390,15 @@ WITH outcome AS (
       AND j.claim_token IS NOT DISTINCT FROM o.token
     RETURNING j.id, j.state
 ), notified AS (
-    -- "done" only while someone waits (holds the waiters' lock shared, events.waiter_lock):
-    -- taking it here means no one does, and a waiter that comes now waits for this commit.
+    -- "done" only while someone waits (holds the waiters' locks shared, events.waiter_lock):
+    -- taking this worker's slot here means no one does, and a waiter that comes now waits
+    -- for this commit.
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
     FROM (
         SELECT array_agg(id) AS ids FROM done WHERE state IN ('succeeded', 'failed')
         HAVING count(*) > 0
     ) AS finished
-    WHERE NOT pg_try_advisory_xact_lock(%(waiters)s)
+    WHERE NOT pg_try_advisory_xact_lock(%(waiters)s::int4, %(slot)s::int4)
 )
 SELECT done.id FROM done, notified
 """

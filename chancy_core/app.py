@@ -132,8 +132,14 @@ def _json(value: Any, what: str, job: Job) -> str:
 COPY_MIN_JOBS = 500
 
 
-def _as_is(text: str) -> str:
-    return text
+# jsonb's binary format is a version byte (1) and the JSON text: COPY sends the already
+# checked text as is (declared bytea), instead of having psycopg encode it again.
+_JSONB_EMPTY_OBJECT = b"\x01{}"
+_JSONB_EMPTY_LIST = b"\x01[]"
+
+
+def _jsonb(text: str) -> bytes:
+    return b"\x01" + text.encode()
 
 
 def _copy_rows(jobs: list[Job]) -> tuple[list[Reference], list[tuple[Any, ...]], list[str]]:
@@ -143,18 +149,23 @@ def _copy_rows(jobs: list[Job]) -> tuple[list[Reference], list[tuple[Any, ...]],
     for job in jobs:
         job_id = uuid7()
         refs.append(Reference(str(job_id)))
-        limits = json.dumps([limit.serialize() for limit in job.limits]) if job.limits else "[]"
+        meta = _JSONB_EMPTY_OBJECT if job.meta == {} else _jsonb(_json(job.meta, "meta", job))
+        limits = (
+            _jsonb(json.dumps([limit.serialize() for limit in job.limits]))
+            if job.limits
+            else _JSONB_EMPTY_LIST
+        )
         rows.append(
             (
                 job_id,
                 job.queue,
                 job.func,
-                Jsonb(_json(job.kwargs, "kwargs", job), _as_is),  # already JSON text
-                Jsonb(_json(job.meta, "meta", job), _as_is),
+                _jsonb(_json(job.kwargs, "kwargs", job)),
+                meta,
                 job.priority,
                 job.max_attempts,
                 job.scheduled_at,
-                Jsonb(limits, _as_is),
+                limits,
             )
         )
     return refs, rows, sorted({job.queue for job in jobs})

@@ -172,7 +172,8 @@ COPY_JOBS: LiteralString = """
 COPY {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at, limits)
 FROM STDIN (FORMAT BINARY)
 """
-COPY_JOBS_TYPES = ("uuid", "text", "text", "jsonb", "jsonb", "int4", "int4", "timestamptz", "jsonb")
+# The jsonb columns are sent as bytea: rows carry jsonb's binary format (app._jsonb).
+COPY_JOBS_TYPES = ("uuid", "text", "text", "bytea", "bytea", "int4", "int4", "timestamptz", "bytea")
 
 NOTIFY_PUSHED: LiteralString = """
 SELECT count(pg_notify(%(channel)s, '{{"e":"pushed","q":' || to_json(queue)::text || '}}'))

@@ -19,7 +19,7 @@ import psycopg
 import psycopg.sql
 import pytest
 
-from chancy_core import Chancy, Job, Limit, Queue, QueuedJob, Reference, job
+from chancy_core import Chancy, Job, Limit, Queue, QueuedJob, Reference, events, job
 from chancy_core.app import COPY_MIN_JOBS
 from chancy_core.errors import InvalidJobError, JobNotFoundError
 
@@ -634,3 +634,31 @@ async def test_every_queue_change_notifies_listening_workers(chancy):
     notes = [json.loads(n.payload) async for n in listener.notifies(timeout=0.3)]
     await listener.close()
     assert notes == [{"e": "queue", "q": "q"}] * 4
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_wait_for_job_holds_every_waiter_slot_while_it_waits(chancy):
+    """Workers announce "done" only when a waiter holds their slot's lock: all of them."""
+    ref = await chancy.push(a_job())
+    key = events.waiter_lock(chancy.schema.channel) & 0xFFFFFFFF
+    held: list[int] = []
+
+    async def count_slots() -> None:
+        await anyio.sleep(0.5)
+        async with chancy.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND mode = 'ShareLock' AND objsubid = 2 AND classid::bigint = %s"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                (key,),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        held.append(int(row[0]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(count_slots)
+        with pytest.raises(TimeoutError):
+            await chancy.wait_for_job(ref, timeout=1.5, interval=0.2)
+    assert held == [events.WAITER_SLOTS]

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, LiteralString, Self
 
 import anyio
 import pluggy
@@ -65,7 +65,7 @@ from chancy_core.plugins import build_plugin_manager
 from chancy_core.queue import Queue
 from chancy_core.sql import job_from_row, queue_from_row
 
-__all__ = ["DSN_ENV", "Chancy", "mask_dsn"]
+__all__ = ["COPY_MIN_JOBS", "DSN_ENV", "Chancy", "mask_dsn"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,58 @@ def _json(value: Any, what: str, job: Job) -> str:
         return to_json(value)
     except ValueError as exc:
         raise InvalidJobError(f"{what} of job {job.func} {exc}") from None
+
+
+#: From this many jobs without unique keys, push_many streams them with binary COPY
+#: (measured against the INSERT: about 1.15x at 500, 1,000 and 10,000 a call, 0.9x at 100).
+COPY_MIN_JOBS = 500
+
+
+# jsonb's binary format is a version byte (1) and the JSON text: COPY sends the already
+# checked text as is (declared bytea), instead of having psycopg encode it again.
+_JSONB_EMPTY_OBJECT = b"\x01{}"
+_JSONB_EMPTY_LIST = b"\x01[]"
+
+
+def _jsonb(text: str) -> bytes:
+    return b"\x01" + text.encode()
+
+
+def _copy_rows(jobs: list[Job]) -> tuple[list[Reference], list[tuple[Any, ...]], list[str]]:
+    """References, COPY_JOBS rows (every value checked first) and the queues of ``jobs``."""
+    rows = []
+    refs = []
+    for job in jobs:
+        job_id = uuid7()
+        refs.append(Reference(str(job_id)))
+        meta = _JSONB_EMPTY_OBJECT if job.meta == {} else _jsonb(_json(job.meta, "meta", job))
+        limits = (
+            _jsonb(json.dumps([limit.serialize() for limit in job.limits]))
+            if job.limits
+            else _JSONB_EMPTY_LIST
+        )
+        rows.append(
+            (
+                job_id,
+                job.queue,
+                job.func,
+                _jsonb(_json(job.kwargs, "kwargs", job)),
+                meta,
+                job.priority,
+                job.max_attempts,
+                job.scheduled_at,
+                limits,
+            )
+        )
+    return refs, rows, sorted({job.queue for job in jobs})
+
+
+def _single(statement: bytes, params: dict[str, Any]) -> Operation:
+    yield statement, params
+
+
+def _copyable(jobs: list[Job]) -> bool:
+    return len(jobs) >= COPY_MIN_JOBS and all(job.unique_key is None for job in jobs)
 
 
 def _job_id(ref: Reference | str) -> uuid.UUID:
@@ -581,6 +633,29 @@ class Chancy:
 
     def _push_op(self, jobs: list[Job]) -> Operation:
         yield from self._guard_push(jobs)
+        if len(jobs) == 1 and jobs[0].unique_key is None:
+            job = jobs[0]
+            job_id = uuid7()
+            yield (
+                self.schema.render(q.INSERT_JOB),
+                {
+                    "id": job_id,
+                    "queue": job.queue,
+                    "func": job.func,
+                    "kwargs": _json(job.kwargs, "kwargs", job),
+                    "meta": _json(job.meta, "meta", job),
+                    "priority": job.priority,
+                    "max_attempts": job.max_attempts,
+                    "scheduled_at": job.scheduled_at,
+                    "limits": (
+                        json.dumps([limit.serialize() for limit in job.limits])
+                        if job.limits
+                        else "[]"
+                    ),
+                    "channel": self.schema.channel,
+                },
+            )
+            return [Reference(str(job_id))]
         ids = [uuid7() for _ in jobs]
         params: dict[str, Any] = {
             "ids": ids,
@@ -638,10 +713,32 @@ class Chancy:
     async def push_many(
         self, jobs: Iterable[Job | IsAJob[..., Any]], *, batch_size: int = 1000
     ) -> list[Reference]:
-        """Push many jobs in one transaction, one statement per ``batch_size`` jobs."""
-        batches = self._batches(self._as_jobs(jobs), batch_size)
+        """Push many jobs in one transaction, one statement per ``batch_size`` jobs (from
+        :data:`COPY_MIN_JOBS` jobs without unique keys: one binary ``COPY``)."""
+        found = self._as_jobs(jobs)
+        batches = self._batches(found, batch_size)
         with anyio.move_on_after(self.call_timeout):  # a frozen connection is given up
             try:  # connecting and committing fail outside _run: say so as clearly
+                if _copyable(found):
+                    copied, rows, queues = _copy_rows(found)
+                    async with self.pool.connection() as conn, conn.transaction():
+                        await self._run(conn, self._guard_push(found))
+                        try:
+                            async with conn.cursor().copy(self.schema.render(q.COPY_JOBS)) as copy:
+                                copy.set_types(q.COPY_JOBS_TYPES)
+                                for row in rows:
+                                    await copy.write_row(row)
+                        except psycopg.Error as exc:
+                            raise self._translate(exc) from exc
+                        params = {"queues": queues, "channel": self.schema.channel}
+                        await self._run(conn, _single(self.schema.render(q.NOTIFY_PUSHED), params))
+                    return copied
+                if len(batches) == 1:
+                    # One INSERT statement is atomic on its own (autocommit): no BEGIN and
+                    # COMMIT round trips. A unique-key conflict's retries need no snapshot.
+                    async with self.pool.connection() as conn:
+                        one: list[Reference] = await self._run(conn, self._push_op(batches[0]))
+                        return one
                 async with self.pool.connection() as conn, conn.transaction():
                     refs: list[Reference] = []
                     for batch in batches:
@@ -673,8 +770,34 @@ class Chancy:
         self, jobs: Iterable[Job | IsAJob[..., Any]], *, batch_size: int = 1000
     ) -> list[Reference]:
         """Sync twin of :meth:`push_many`."""
-        batches = self._batches(self._as_jobs(jobs), batch_size)
+        found = self._as_jobs(jobs)
+        batches = self._batches(found, batch_size)
         try:
+            if _copyable(found):  # as push_many
+                copied, rows, queues = _copy_rows(found)
+                with (
+                    self._sync_pool_opened().connection() as conn,
+                    self._sync_deadline(conn, "push"),
+                    conn.transaction(),
+                ):
+                    self._run_sync(conn, self._guard_push(found))
+                    try:
+                        with conn.cursor().copy(self.schema.render(q.COPY_JOBS)) as copy:
+                            copy.set_types(q.COPY_JOBS_TYPES)
+                            for row in rows:
+                                copy.write_row(row)
+                    except psycopg.Error as exc:
+                        raise self._translate(exc) from exc
+                    params = {"queues": queues, "channel": self.schema.channel}
+                    self._run_sync(conn, _single(self.schema.render(q.NOTIFY_PUSHED), params))
+                return copied
+            if len(batches) == 1:  # one statement: atomic without a transaction (push_many)
+                with (
+                    self._sync_pool_opened().connection() as conn,
+                    self._sync_deadline(conn, "push"),
+                ):
+                    one: list[Reference] = self._run_sync(conn, self._push_op(batches[0]))
+                    return one
             with (
                 self._sync_pool_opened().connection() as conn,
                 self._sync_deadline(conn, "push"),
@@ -766,6 +889,9 @@ class Chancy:
         job_id = str(_job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
+        waiting: LiteralString = (
+            "SELECT count(pg_advisory_lock_shared(%s::int4, n)) FROM generate_series(0, %s) AS n"
+        )
         conn: psycopg.AsyncConnection[Any] | None = None
         if self.settings.pgbouncer is None:
             with contextlib.suppress(DatabaseUnavailableError):  # retried below
@@ -782,6 +908,15 @@ class Chancy:
                         if conn is None or conn.closed:
                             conn = await self.connect()
                             if self.notifications:
+                                # Before the read below: workers announce "done" only to
+                                # waiters (the slot locks, see events.waiter_lock).
+                                await conn.execute(
+                                    waiting,
+                                    (
+                                        events.waiter_lock(self.schema.channel),
+                                        events.WAITER_SLOTS - 1,
+                                    ),
+                                )
                                 await conn.execute(listen)
                         found: QueuedJob | None = (await self._run(conn, self._get_op([job_id])))[0]
                     if scope.cancelled_caught:
@@ -835,6 +970,9 @@ class Chancy:
         job_id = str(_job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
+        waiting: LiteralString = (
+            "SELECT count(pg_advisory_lock_shared(%s::int4, n)) FROM generate_series(0, %s) AS n"
+        )
         conn: psycopg.Connection[Any] | None = None
         with contextlib.suppress(DatabaseUnavailableError):  # retried below
             self._resolve_pgbouncer()
@@ -846,6 +984,11 @@ class Chancy:
                     if conn is None or conn.closed:
                         conn = self.sync_connect()
                         if self.notifications:
+                            # Before the read below: workers announce "done" only to waiters.
+                            conn.execute(
+                                waiting,
+                                (events.waiter_lock(self.schema.channel), events.WAITER_SLOTS - 1),
+                            )
                             conn.execute(listen)
                     with self._sync_deadline(conn, "sync_wait_for_job"):
                         found: QueuedJob | None = self._run_sync(conn, self._get_op([job_id]))[0]

@@ -79,6 +79,11 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+#: Function and queue names already found valid (Job's fast path); bounded.
+_valid_funcs: set[str] = set()
+_valid_queues: set[str] = set()
+_NAME_CACHE_SIZE = 10_000
+
 _CONTAINERS = (dict, list, tuple)
 _encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 
@@ -227,6 +232,38 @@ class Job:
     """Arbitrary metadata; each plugin keeps its state under its own key."""
 
     def __post_init__(self) -> None:
+        # Fast path for the common values (exact types, names seen before); anything else
+        # goes through the full checks below, which raise the errors.
+        d = self.__dict__
+        func, queue, priority, attempts = d["func"], d["queue"], d["priority"], d["max_attempts"]
+        scheduled, limits, key = d["scheduled_at"], d["limits"], d["unique_key"]
+        if (
+            func.__class__ is str
+            and func in _valid_funcs
+            and queue.__class__ is str
+            and queue in _valid_queues
+            and d["kwargs"].__class__ is dict
+            and d["meta"].__class__ is dict
+            and priority.__class__ is int
+            and -_INT32_MAX <= priority <= _INT32_MAX
+            and attempts.__class__ is int
+            and 1 <= attempts <= _INT32_MAX
+            and scheduled.__class__ is datetime
+            and scheduled.tzinfo is not None
+            and _EARLIEST <= scheduled <= _LATEST
+            and limits.__class__ is list
+            and not limits
+            and key is None
+        ):
+            return
+        self._validate()
+        if len(_valid_funcs) < _NAME_CACHE_SIZE:
+            _valid_funcs.add(self.func)
+        if len(_valid_queues) < _NAME_CACHE_SIZE:
+            _valid_queues.add(self.queue)
+
+    def _validate(self) -> None:
+        """Every field's check; raises :class:`InvalidJobError` saying what to do."""
         if not isinstance(self.func, str) or not FUNC_NAME.match(self.func):
             raise InvalidJobError(
                 f"invalid func {self.func!r}: give an importable name such as"
@@ -292,7 +329,15 @@ class Job:
 
     def with_kwargs(self, **kwargs: Any) -> Self:
         """Return a copy whose keyword arguments are ``kwargs``."""
-        return dataclasses.replace(self, kwargs=kwargs)
+        cls = type(self)
+        if cls.__post_init__ is not Job.__post_init__:  # a subclass checks more: let it
+            return dataclasses.replace(self, kwargs=kwargs)
+        # Every other field is this (validated, frozen) job's, and ``**kwargs`` is always a
+        # dict: the copy needs no check (about 4 times cheaper than ``replace``).
+        copy = object.__new__(cls)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__["kwargs"] = kwargs
+        return copy
 
     def with_limits(self, limits: list[Limit]) -> Self:
         """Return a copy with these resource limits."""

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple
 
+from chancy_core import events
 from chancy_core import sql as q
 from chancy_core.queue import Queue
 from chancy_core.sql import Schema, queue_from_row
@@ -223,7 +224,13 @@ def complete(schema: Schema, worker_id: str, outcomes: Sequence[dict[str, Any]])
     """Write outcomes (as ``COMPLETE_JOBS`` reads them), fenced; returns the ids written."""
     rows = yield (
         schema.render(q.COMPLETE_JOBS),
-        {"outcomes": _encode(outcomes), "worker_id": worker_id, "channel": schema.channel},
+        {
+            "outcomes": _encode(outcomes),
+            "worker_id": worker_id,
+            "channel": schema.channel,
+            "waiters": events.waiter_lock(schema.channel),
+            "slot": events.waiter_slot(worker_id),
+        },
     )
     return {str(row[0]) for row in rows}
 

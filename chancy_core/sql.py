@@ -162,6 +162,33 @@ UNION ALL
 SELECT NULL FROM notified WHERE notified.count < 0
 """
 
+# One job without a unique key (every plain push()): scalar parameters, no arrays to
+# encode or unnest, nothing to conflict on. Returns one row (the NOTIFY's).
+INSERT_JOB: LiteralString = """
+WITH ins AS (
+    INSERT INTO {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at,
+                        limits)
+    VALUES (%(id)s, %(queue)s, %(func)s, %(kwargs)s::jsonb, %(meta)s::jsonb, %(priority)s,
+            %(max_attempts)s, %(scheduled_at)s, %(limits)s::jsonb)
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, '{{"e":"pushed","q":' || to_json(queue)::text || '}}') FROM ins
+"""
+
+# Many jobs without unique keys (push_many of COPY_MIN_JOBS or more): streamed with binary
+# COPY in one transaction, then one "pushed" event per queue (COPY cannot NOTIFY itself).
+COPY_JOBS: LiteralString = """
+COPY {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at, limits)
+FROM STDIN (FORMAT BINARY)
+"""
+# The jsonb columns are sent as bytea: rows carry jsonb's binary format (app._jsonb).
+COPY_JOBS_TYPES = ("uuid", "text", "text", "bytea", "bytea", "int4", "int4", "timestamptz", "bytea")
+
+NOTIFY_PUSHED: LiteralString = """
+SELECT count(pg_notify(%(channel)s, '{{"e":"pushed","q":' || to_json(queue)::text || '}}'))
+FROM unnest(%(queues)s::text[]) AS queue
+"""
+
 SELECT_UNIQUE: LiteralString = """
 SELECT unique_key, id FROM {jobs}
 WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('pending', 'running', 'retrying')
@@ -403,11 +430,15 @@ WITH outcome AS (
       AND j.claim_token IS NOT DISTINCT FROM o.token
     RETURNING j.id, j.state
 ), notified AS (
+    -- "done" only while someone waits (holds the waiters' locks shared, events.waiter_lock):
+    -- taking this worker's slot here means no one does, and a waiter that comes now waits
+    -- for this commit.
     SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
     FROM (
         SELECT array_agg(id) AS ids FROM done WHERE state IN ('succeeded', 'failed')
         HAVING count(*) > 0
     ) AS finished
+    WHERE NOT pg_try_advisory_xact_lock(%(waiters)s::int4, %(slot)s::int4)
 )
 SELECT done.id FROM done, notified
 """

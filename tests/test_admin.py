@@ -14,6 +14,7 @@ import test_worker_support as s
 
 from chancy_core import Chancy, Job, JobPage, Queue, QueuedJob
 from chancy_core.admin import JobFilter, list_jobs_statement
+from chancy_core.app import COPY_MIN_JOBS
 from chancy_core.errors import (
     ConfigurationError,
     InvalidJobError,
@@ -448,6 +449,26 @@ async def test_push_to_an_undeclared_queue_fails_clearly_and_pushes_nothing(chan
     assert await chancy.delete_queue("nowhere", purge_jobs=True)
     with pytest.raises(QueueNotFoundError):
         await chancy.push(s.make_job(s.noop, "nowhere"))
+
+
+@pytest.mark.anyio
+async def test_a_bulk_push_by_copy_checks_queues_and_kwargs_too(chancy, database):
+    """From COPY_MIN_JOBS jobs a push is one COPY: the same guard rails hold, and a refused
+    push leaves nothing, async and sync."""
+    chancy.require_declared_queues = True
+    many = [s.make_job(s.noop, "nowhere") for _ in range(COPY_MIN_JOBS)]
+    with pytest.raises(QueueNotFoundError, match="'nowhere' is not declared"):
+        await chancy.push_many(many)
+    with Chancy(database) as twin:
+        twin.require_declared_queues = True
+        with pytest.raises(QueueNotFoundError):
+            twin.sync_push_many(many)
+    await chancy.declare(Queue("nowhere"))
+    bad = [*many[:-1], Job.from_func(s.sync_add, queue="nowhere", kwargs={"a": 1})]
+    with pytest.raises(InvalidJobError, match="missing 'b'"):
+        await chancy.push_many(bad)
+    assert (await chancy.list_jobs()).jobs == []
+    assert len(await chancy.push_many(many)) == COPY_MIN_JOBS
 
 
 def test_sync_push_in_a_transaction_to_an_undeclared_queue_fails(database):

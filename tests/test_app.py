@@ -16,10 +16,12 @@ from typing import Any
 
 import anyio
 import psycopg
+import psycopg.sql
 import pytest
 
-from chancy_core import Chancy, Job, Limit, Queue, QueuedJob, Reference, job
-from chancy_core.errors import JobNotFoundError
+from chancy_core import Chancy, Job, Limit, Queue, QueuedJob, Reference, events, job
+from chancy_core.app import COPY_MIN_JOBS
+from chancy_core.errors import InvalidJobError, JobNotFoundError
 
 # --- the Queue model (no database) ----------------------------------------------------------
 
@@ -186,11 +188,58 @@ async def test_push_many_sends_one_insert_statement_per_batch(chancy, monkeypatc
         return await original(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
-    refs = await chancy.push_many([a_job(kwargs={"i": i}) for i in range(2500)], batch_size=1000)
+    # Unique keys: the INSERT path (many jobs without keys are streamed with COPY).
+    jobs = [a_job(kwargs={"i": i}, unique_key=f"k{i}") for i in range(2500)]
+    refs = await chancy.push_many(jobs, batch_size=1000)
     monkeypatch.undo()
     assert len(refs) == 2500
     assert sum(b"INSERT INTO" in s for s in statements) == 3
     assert await count_rows(chancy) == 2500
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+@pytest.mark.parametrize("sync", [False, True])
+async def test_push_many_of_many_jobs_without_keys_copies_them_and_announces_each_queue(
+    chancy, database, sync
+):
+    jobs = [
+        a_job(kwargs={"i": i, "s": "ü"}, queue=f"q{i % 2}", meta={"m": i}, priority=i % 5)
+        for i in range(COPY_MIN_JOBS)
+    ]
+    jobs[7] = a_job(kwargs=None, limits=[Limit(Limit.Type.TIME, 3)])
+    listener = await chancy.connect()
+    try:
+        await listener.execute(
+            psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(chancy.schema.channel))
+        )
+        if sync:
+            with Chancy(database) as app:
+                refs = await anyio.to_thread.run_sync(app.sync_push_many, jobs)
+        else:
+            refs = await chancy.push_many(jobs, batch_size=100)
+        notes = {note.payload async for note in listener.notifies(timeout=0.5)}
+    finally:
+        await listener.close()
+    got = await chancy.get_jobs(refs)
+    assert [(j.kwargs, j.meta, j.queue, j.priority, j.limits) for j in got if j] == [
+        (j.kwargs, j.meta, j.queue, j.priority, j.limits) for j in jobs
+    ]
+    assert {
+        '{"e":"pushed","q":"q0"}',
+        '{"e":"pushed","q":"q1"}',
+        '{"e":"pushed","q":"default"}',
+    } <= notes
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_push_many_copy_checks_every_job_before_writing_any(chancy):
+    jobs = [a_job(kwargs={"i": i}) for i in range(COPY_MIN_JOBS)]
+    jobs[-1] = a_job(kwargs={"bad": {1, 2}})
+    with pytest.raises(InvalidJobError, match="kwargs"):
+        await chancy.push_many(jobs)
+    assert await count_rows(chancy) == 0
 
 
 @pytest.mark.db
@@ -585,3 +634,31 @@ async def test_every_queue_change_notifies_listening_workers(chancy):
     notes = [json.loads(n.payload) async for n in listener.notifies(timeout=0.3)]
     await listener.close()
     assert notes == [{"e": "queue", "q": "q"}] * 4
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_wait_for_job_holds_every_waiter_slot_while_it_waits(chancy):
+    """Workers announce "done" only when a waiter holds their slot's lock: all of them."""
+    ref = await chancy.push(a_job())
+    key = events.waiter_lock(chancy.schema.channel) & 0xFFFFFFFF
+    held: list[int] = []
+
+    async def count_slots() -> None:
+        await anyio.sleep(0.5)
+        async with chancy.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND mode = 'ShareLock' AND objsubid = 2 AND classid::bigint = %s"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                (key,),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        held.append(int(row[0]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(count_slots)
+        with pytest.raises(TimeoutError):
+            await chancy.wait_for_job(ref, timeout=1.5, interval=0.2)
+    assert held == [events.WAITER_SLOTS]

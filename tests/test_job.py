@@ -425,3 +425,34 @@ def test_job_decorator_refuses_invalid_options_at_decoration_time():
     with pytest.raises(ChancyError, match="priority"):
         job(priority="urgent")(module_level)
     assert not hasattr(module_level, "job")
+
+
+def test_with_kwargs_copies_every_other_field_like_replace():
+    base = Job(func="a.b", queue="q", priority=3, meta={"m": 1}, unique_key="k")
+    copy = base.with_kwargs(x=1)
+    assert copy == dataclasses.replace(base, kwargs={"x": 1})
+    assert base.kwargs == {}  # the original is unchanged
+    queued = QueuedJob.from_trusted(
+        **{
+            **dataclasses.asdict(base),
+            "id": "i",
+            "state": QueuedJob.State.PENDING,
+            "started_at": None,
+            "completed_at": None,
+            "attempts": 0,
+            "errors": [],
+        }
+    )
+    assert queued.with_kwargs(y=2) == dataclasses.replace(queued, kwargs={"y": 2})
+
+
+def test_names_seen_valid_do_not_let_invalid_values_through():
+    Job(func="a.b", queue="q")  # the fast path now knows these names
+    with pytest.raises(InvalidJobError, match="priority"):
+        Job(func="a.b", queue="q", priority=True)
+    with pytest.raises(InvalidJobError, match="kwargs"):
+        Job(func="a.b", queue="q", kwargs=[1])  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="scheduled_at"):
+        Job(func="a.b", queue="q", scheduled_at=datetime(2020, 1, 1))
+    with pytest.raises(InvalidJobError, match="func"):
+        Job(func="a.b\n", queue="q")

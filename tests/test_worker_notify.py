@@ -7,10 +7,11 @@ import statistics
 import time
 
 import anyio
+import psycopg.sql
 import pytest
 import test_worker_support as s
 
-from chancy_core import Queue
+from chancy_core import Queue, events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -77,3 +78,31 @@ async def test_malformed_notifications_are_ignored(chancy, run_worker):
             await anyio.sleep(0.2)
             assert not worker._stopped.is_set()
             assert await push_latency(chancy, "fine") < 0.5
+
+
+async def test_done_is_announced_only_while_someone_waits(chancy, run_worker):
+    """No waiter: the completion sends no ``done``; a waiter (``wait_for_job``, which holds
+    the waiters' lock) is woken by it although it would poll only every 30 s."""
+    with anyio.fail_after(20):
+        await chancy.declare(Queue("q", polling_interval=0.1))
+        listener = await chancy.connect()
+        try:
+            await listener.execute(
+                psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(chancy.schema.channel))
+            )
+            async with run_worker(chancy):
+                unwatched = await chancy.push(s.make_job(s.noop, "q"))
+                await s.wait_state(chancy, unwatched, "succeeded")
+                await anyio.sleep(0.2)
+                kinds = [
+                    events.parse(note.payload) async for note in listener.notifies(timeout=0.2)
+                ]
+                assert not [e for e in kinds if e is not None and e.kind == events.DONE]
+
+                watched = await chancy.push(s.make_job(s.sleeper, "q", seconds=0.5))
+                started = time.monotonic()
+                got = await chancy.wait_for_job(watched, timeout=10, interval=30)
+                assert got.state.value == "succeeded"
+                assert time.monotonic() - started < 5  # woken, not polled
+        finally:
+            await listener.close()

@@ -77,7 +77,9 @@ def find_python312() -> str | None:
             candidates.append(found)
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     for minor in ("3.12", "3.13"):
-        candidates += map(str, sorted((pyenv_root / "versions").glob(f"{minor}*/bin/python{minor}")))
+        candidates += map(
+            str, sorted((pyenv_root / "versions").glob(f"{minor}*/bin/python{minor}"))
+        )
     uv = shutil.which("uv")
     if uv:
         out = subprocess.run([uv, "python", "find", ">=3.12"], capture_output=True, text=True)
@@ -86,7 +88,9 @@ def find_python312() -> str | None:
     check = "import sys; print(sys.executable) if sys.version_info >= (3, 12) else exit(1)"
     for candidate in candidates:
         try:
-            out = subprocess.run([candidate, "-c", check], capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                [candidate, "-c", check], capture_output=True, text=True, timeout=20
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0 and out.stdout.strip():
@@ -114,7 +118,9 @@ def django6(session: nox.Session) -> None:
         "python", "-c", "import django, sys; assert django.VERSION >= (6, 0), django.VERSION; "
         "print('Django', django.get_version(), 'on Python', sys.version.split()[0])",
     )  # fmt: skip
-    session.run("pytest", f"{plugin_path(name)}/tests", "-p", "chancy_core.testing", *session.posargs)
+    session.run(
+        "pytest", f"{plugin_path(name)}/tests", "-p", "chancy_core.testing", *session.posargs
+    )
 
 
 @nox.session(python=PYTHON, tags=["test"])

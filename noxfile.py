@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -60,6 +62,64 @@ def plugin(session: nox.Session, plugin: str) -> None:
     session.install("-e", ".[dev,embedded]", plugin_install(plugin))
     session.run(
         "pytest", f"{plugin_path(plugin)}/tests", "-p", "chancy_core.testing", *session.posargs
+    )
+
+
+def find_python312() -> str | None:
+    """The path of a working Python 3.12+ (3.12 preferred), or None.
+
+    Looks at ``python3.12``/``python3.13`` on PATH (pyenv shims are skipped when they do
+    not run), then pyenv's versions directory, then ``uv python find``."""
+    candidates: list[str] = []
+    for name in ("python3.12", "python3.13"):
+        found = shutil.which(name)
+        if found:
+            candidates.append(found)
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for minor in ("3.12", "3.13"):
+        candidates += map(
+            str, sorted((pyenv_root / "versions").glob(f"{minor}*/bin/python{minor}"))
+        )
+    uv = shutil.which("uv")
+    if uv:
+        out = subprocess.run([uv, "python", "find", ">=3.12"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            candidates.append(out.stdout.strip())
+    check = "import sys; print(sys.executable) if sys.version_info >= (3, 12) else exit(1)"
+    for candidate in candidates:
+        try:
+            out = subprocess.run(
+                [candidate, "-c", check], capture_output=True, text=True, timeout=20
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return None
+
+
+PYTHON312 = find_python312()
+
+
+@nox.session(python=PYTHON312 or PYTHON)
+def django6(session: nox.Session) -> None:
+    """The Django plugin's tests on Django 6 (its own ``django.tasks``) and Python 3.12+;
+    the ``plugin`` session runs them on Python 3.11, Django 5.2 and the django-tasks backport."""
+    if PYTHON312 is None:
+        session.error(
+            "the django6 session needs Python 3.12 or newer (Django 6 does), and none was "
+            "found (python3.12/python3.13 on PATH, ~/.pyenv/versions, `uv python find`): "
+            "install one, e.g. `apt-get install python3.12`, `pyenv install 3.12` or "
+            "`uv python install 3.12`"
+        )
+    name = "chancy-plugin-django"
+    session.install("-e", ".[dev,embedded]", plugin_install(name), "Django>=6.0")
+    session.run(
+        "python", "-c", "import django, sys; assert django.VERSION >= (6, 0), django.VERSION; "
+        "print('Django', django.get_version(), 'on Python', sys.version.split()[0])",
+    )  # fmt: skip
+    session.run(
+        "pytest", f"{plugin_path(name)}/tests", "-p", "chancy_core.testing", *session.posargs
     )
 
 

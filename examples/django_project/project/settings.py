@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.postgres",  # ArrayField (chancy_plugin_django.models); Django 6 checks it
     "chancy_plugin_django",
     "notes",
 ]

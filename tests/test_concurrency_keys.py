@@ -180,7 +180,7 @@ async def test_key_rules_hold_across_worker_processes(chancy, database, tmp_path
     """Three worker processes: at most 2 jobs per customer key, ordered keys one at a time
     in push order (a retrying job keeps the key blocked), at most 1 job of a function; a
     queue without rules overlaps freely (the check can fail)."""
-    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
+    conn = await psycopg.AsyncConnection.connect(database, autocommit=True, prepare_threshold=None)
     async with conn:
         await conn.execute(RUNS_TABLE)
         for name in ("keyed", "ordered", "funcs", "free"):
@@ -279,8 +279,8 @@ async def test_concurrent_keyed_claims_take_turns(chancy, database) -> None:
     async def claim(name: str, conn: psycopg.AsyncConnection[Any]) -> None:
         found[name] = await chancy._run(conn, ops.claim(chancy.schema, queue, 10, name, keyed=True))
 
-    a = await psycopg.AsyncConnection.connect(database)
-    b = await psycopg.AsyncConnection.connect(database, autocommit=True)
+    a = await psycopg.AsyncConnection.connect(database, prepare_threshold=None)
+    b = await psycopg.AsyncConnection.connect(database, autocommit=True, prepare_threshold=None)
     async with a, b:
         with anyio.fail_after(20):
             await claim("a", a)  # a is not autocommit: its transaction stays open

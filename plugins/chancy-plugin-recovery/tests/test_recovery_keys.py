@@ -34,7 +34,9 @@ async def test_a_killed_workers_key_slot_frees_when_recovery_puts_the_job_back(
         async with Chancy(database, autoload_plugins=False, plugins=[recovery]) as app:
             await app.declare(Queue("default", concurrency=2, polling_interval=0.1))
             await concurrency.set_rule(app, KeyRule("default", "customer:*", max_running=1))
-            conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                database, autocommit=True, prepare_threshold=None
+            )
             async with conn:
                 await conn.execute(CREATE_EXECUTIONS)
                 kwargs = {"dsn": database, "first": 60.0, "then": 0.3}

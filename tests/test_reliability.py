@@ -313,7 +313,6 @@ CREATE TRIGGER refuse_first_write BEFORE UPDATE ON {jobs} FOR EACH ROW
 """
 
 
-@pytest.mark.xfail(strict=True, reason="worker-side deadlines: issue 10 round 2")
 @pytest.mark.db
 @pytest.mark.anyio
 async def test_an_outcome_whose_write_fails_is_kept_and_written_later(chancy, run_worker):

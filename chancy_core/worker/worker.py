@@ -128,6 +128,9 @@ class Worker:
         self._drain_scope: anyio.CancelScope | None = None
         #: The queues with concurrency rules: claimed by the keyed statement.
         self._keyed: frozenset[str] = frozenset()
+        #: The ids of the jobs whose outcomes the shutdown could not write (``serve()``
+        #: raises :class:`WorkerError` when there are any).
+        self.unwritten_at_shutdown: list[str] = []
 
         # The components, in data-path order.
         self._listener = Listener(chancy.connect, schema.channel, self._on_event, self._missed)
@@ -258,6 +261,13 @@ class Worker:
                 tg.start_soon(on_signal)
                 await self.run()
                 tg.cancel_scope.cancel()
+        if self.unwritten_at_shutdown:
+            n = len(self.unwritten_at_shutdown)
+            raise WorkerError(
+                f"worker {self.worker_id} stopped with {n} outcome{'' if n == 1 else 's'}"
+                " unwritten: their jobs stay 'running' until the recovery plugin rescues"
+                " them (they may run again)"
+            )
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -405,6 +415,7 @@ class Worker:
                     "" if unfinished == 1 else "s",
                     extra={"worker_id": self.worker_id},
                 )
+            deadline = anyio.current_time() + self.shutdown_timeout
             with anyio.move_on_after(self.shutdown_timeout) as self._drain_scope:
                 await call_event(self._hooks.chancy_worker_stopping, worker=self)
                 while self._busy():
@@ -418,9 +429,30 @@ class Worker:
                         if running.stop("shutdown"):
                             released.append((running.job.id, running.token))
                 await anyio.sleep(0.01)
-            with anyio.move_on_after(max(self.shutdown_timeout, 5.0)):
+            # First: a finished job keeps its outcome. Within what is left of the
+            # shutdown deadline (at least a second).
+            with anyio.move_on_after(max(deadline - anyio.current_time(), 1.0)):
                 try:
-                    await self._completer.flush()  # first: a finished job keeps its outcome
+                    await self._completer.flush()
+                except Exception:
+                    log.exception("worker %s could not write its outcomes", self.worker_id)
+            self.unwritten_at_shutdown = self._completer.pending_ids()
+            if self.unwritten_at_shutdown:
+                log.error(
+                    "worker %s: %d outcome%s could not be written by the end of the shutdown"
+                    " timeout (unwritten; their jobs stay 'running' until recovered)",
+                    self.worker_id,
+                    len(self.unwritten_at_shutdown),
+                    "" if len(self.unwritten_at_shutdown) == 1 else "s",
+                    extra={"worker_id": self.worker_id},
+                )
+                log.debug(
+                    "unwritten outcomes of jobs %s",
+                    ", ".join(self.unwritten_at_shutdown),
+                    extra={"worker_id": self.worker_id},
+                )
+            with anyio.move_on_after(5.0):
+                try:
                     await self._retrying(
                         "releasing jobs",
                         partial(ops.release, self._schema, self.worker_id, released),

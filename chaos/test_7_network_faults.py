@@ -10,8 +10,8 @@ moving bytes without closing sockets), in front of the suite's own server:
   run twice, work resumes at once;
 * a worker whose open connections freeze for ever while new ones work (failover, NAT
   state lost): it goes on (passes since the worker package was merged);
-* a worker whose listener alone freezes: needs the worker-side listener check (issue 10,
-  round 2) and is marked xfail(strict) until then.
+* a worker whose listener alone freezes: the listener's ping (a NOTIFY on its own channel
+  every heartbeat) does not come back, so the worker replaces it (issue 10, round 2).
 
 Job executions are recorded on direct connections (not through the proxy), so the
 fault only hits the worker's and the app's own traffic.
@@ -36,7 +36,6 @@ from chaos.netproxy import NetProxy
 pytestmark = [pytest.mark.anyio, pytest.mark.db, pytest.mark.slow]
 
 NAME = "7. network faults"
-ROUND_2 = pytest.mark.xfail(strict=True, reason="worker-side deadlines: issue 10 round 2")
 CALL_TIMEOUT = 2.0
 # What a loaded 2-core machine adds to a bound: scheduling, the pool's own timeouts.
 SLACK = 3.0
@@ -258,7 +257,6 @@ async def test_frozen_connections_are_given_up_and_the_worker_goes_on(
     assert codes == [0], worker.tail()
 
 
-@ROUND_2
 async def test_a_frozen_listener_is_detected_and_replaced(database, mode, report, fleet, tmp_path):
     """Only the listener's connection freezes: the worker notices (it proves its listener
     alive) and reconnects, so wake-ups keep coming on a queue that polls every 60 s."""

@@ -133,7 +133,17 @@ class Worker:
         self.unwritten_at_shutdown: list[str] = []
 
         # The components, in data-path order.
-        self._listener = Listener(chancy.connect, schema.channel, self._on_event, self._missed)
+        self._listener = Listener(
+            chancy.connect,
+            schema.channel,
+            self._on_event,
+            self._missed,
+            ping=lambda payload: chancy.execute(ops.notify(schema, payload)),
+            sender=self.worker_id,
+            interval=heartbeat_interval,
+            echo_timeout=2 * heartbeat_interval + chancy.call_timeout,
+            call_timeout=chancy.call_timeout,
+        )
         self._queues = QueueSet(self.tags, self._new_producer)
         self._runners: RunnerPool[tuple[QueueProducer, Running]] = RunnerPool(self._run_job)
         self._job_runner = JobRunner(

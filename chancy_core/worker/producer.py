@@ -125,19 +125,32 @@ class QueueProducer:
     async def run(self) -> None:
         """The fetch loop, until retired or cancelled."""
         delay = 0.1
+        held_back = False
         try:
             with self.scope:
                 while True:
                     queue = self.queue
                     self.slots.forget_inherited()
                     free = self.slots.free()
-                    limit = min(free, free + queue.concurrency - self._unwritten(queue.name))
+                    unwritten = self._unwritten(queue.name)
+                    limit = min(free, free + queue.concurrency - unwritten)
+                    if free > 0 and limit <= 0 and not held_back:
+                        held_back = True  # once, until it claims again
+                        log.warning(
+                            "queue %s: not claiming while %d outcomes are not written yet"
+                            " (the database is slow or away; they are kept and retried)",
+                            queue.name,
+                            unwritten,
+                        )
                     if queue.state is Queue.State.PAUSED or limit <= 0:
                         with anyio.move_on_after(queue.polling_interval):
                             await self._wake.wait()
                         self._wake = anyio.Event()
                         continue
                     self._wake = anyio.Event()  # a wake-up from now on means: claim again
+                    if held_back:
+                        held_back = False
+                        log.info("queue %s: claiming again", queue.name)
                     try:
                         claimed, wait = await self._claim_and_start(queue, limit)
                         delay = 0.1

@@ -496,7 +496,9 @@ class Worker:
         op = ops.claim(self._schema, queue, limit, self.worker_id, keyed=keyed)
         claimed: ops.Claimed | None = None
         with anyio.CancelScope(shield=True) as shield:
-            shield.deadline = anyio.current_time() + max(30.0, 3 * self.chancy.connect_timeout)
+            # The app's call deadline: a frozen connection is closed at it (a claim that
+            # commits after the worker gave up is put back by the heartbeat's orphan check).
+            shield.deadline = anyio.current_time() + self.chancy.call_timeout
             try:
                 if queue.rate_limit is None and not keyed:
                     claimed = await self.chancy._run(conn, op)

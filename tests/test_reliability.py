@@ -342,3 +342,44 @@ def test_the_defaults_the_documented_delays_rest_on(monkeypatch):
     )
     assert (app.settings.statement_timeout, app.call_timeout) == (30.0, 35.0)
     assert app.connect_timeout == 10.0
+
+
+# --- self-fencing (issue 10 round 2) -----------------------------------------------------------
+
+REFUSE_HEARTBEATS = """
+CREATE FUNCTION refuse_heartbeat() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'injected: heartbeats fail' USING ERRCODE = '0A000';
+END $$;
+CREATE TRIGGER refuse_heartbeat BEFORE UPDATE ON {workers} FOR EACH ROW
+    EXECUTE FUNCTION refuse_heartbeat();
+"""
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_a_worker_that_cannot_write_its_heartbeat_stops_its_jobs(chancy, run_worker, caplog):
+    """Self-fencing: after ``fence_after`` seconds without a written heartbeat the worker
+    stops its running job (before a recovery plugin could rescue it elsewhere); once the
+    heartbeat is written again the orphan check puts the job back, and it runs again."""
+    tag = uuid.uuid4().hex
+    with anyio.fail_after(60):
+        await chancy.declare(Queue("q", polling_interval=0.1))
+        async with run_worker(chancy, heartbeat_interval=0.3, fence_after=1.5):
+            ref = await chancy.push(s.make_job(s.counted_run, "q", tag=tag, seconds=3.0))
+            await s.wait_state(chancy, ref, "running")
+            began = anyio.current_time()
+            await s.query(chancy, REFUSE_HEARTBEATS)
+            await s.wait_until(
+                lambda: "before another worker may rescue" in caplog.text,
+                timeout=10,
+                what="the worker to fence itself",
+            )
+            fenced_after = anyio.current_time() - began
+            row = await chancy.get_job(ref)
+            assert row is not None and row.state.value == "running"  # not written: fenced
+            await s.query(chancy, "DROP TRIGGER refuse_heartbeat ON {workers}")
+            done = await s.wait_state(chancy, ref, "succeeded", timeout=30)
+    assert 1.5 - 0.3 - 0.1 <= fenced_after < 1.5 + 5, fenced_after  # from the last beat
+    assert s.RUNS[tag] == 2  # the fenced run, then the one after the orphan check put it back
+    assert done.attempts == 1  # a put-back attempt is not counted

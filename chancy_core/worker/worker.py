@@ -82,6 +82,13 @@ class Worker:
         succeeds). Default 1 MiB.
     :param progress_interval: seconds between writes of running jobs' progress (each
         write carries every job's latest value; the last one is written with the outcome).
+    :param fence_after: self-fencing: once the heartbeat has not been written for this
+        many seconds, the worker stops its running jobs (async jobs are cancelled,
+        process jobs killed, thread jobs abandoned) before another worker may rescue
+        them; their outcomes are not written (the orphan check puts them back to
+        ``pending`` once the heartbeat is written again, or the recovery plugin rescues
+        them). Default ``None``: half the recovery plugin's ``worker_timeout`` when a
+        plugin that recovers dead workers is registered, else off; ``math.inf``: off.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Worker:
         completion_delay: float = 0.005,
         max_result_bytes: int = 1_048_576,
         progress_interval: float = 0.5,
+        fence_after: float | None = None,
     ) -> None:
         if isinstance(allow, str):
             raise ConfigurationError("allow takes a list of module prefixes, not one string")
@@ -112,6 +120,12 @@ class Worker:
             raise ConfigurationError("max_result_bytes must be >= 0 (0 stores no result)")
         if not progress_interval > 0:
             raise ConfigurationError("progress_interval must be > 0 (seconds)")
+        if fence_after is not None and not fence_after > heartbeat_interval:
+            raise ConfigurationError(
+                f"fence_after ({fence_after!r}) must be more than heartbeat_interval"
+                f" ({heartbeat_interval!r}) seconds (math.inf turns self-fencing off)"
+            )
+        self._fence_after = fence_after
         self.chancy = chancy
         self.worker_id = worker_id or str(uuid.uuid4())
         self.hostname = socket.gethostname()
@@ -173,6 +187,7 @@ class Worker:
             on_transient=self._check_pool,
             interval=heartbeat_interval,
             worker_id=self.worker_id,
+            fence=self._fence,
         )
         self._progress = ProgressWriter(
             chancy.execute,
@@ -297,6 +312,8 @@ class Worker:
                 self._queues.start(tg)
                 await tg.start(self._listener.run)
                 tg.start_soon(self._heartbeat.run)
+                self._heartbeat.fence_after = self._fencing_bound()
+                tg.start_soon(self._heartbeat.watch)
                 tg.start_soon(self._completer.run)
                 tg.start_soon(self._progress.run)
                 self._queues.apply(await self._read_queues())
@@ -594,6 +611,35 @@ class Worker:
         """The listener reconnected: events may have been missed."""
         self._queues.wake_all()
         self._queues.changed.set()
+
+    def _fencing_bound(self) -> float | None:
+        """Seconds without a heartbeat after which this worker fences itself, or ``None``."""
+        if self._fence_after is not None:
+            return None if self._fence_after == float("inf") else self._fence_after
+        timeouts = [
+            getattr(p, "worker_timeout", None)
+            for _, p in registered(self.chancy.plugins)
+            if recovers_dead_workers(p)
+        ]
+        found = [t for t in timeouts if isinstance(t, (int, float)) and t > 0]
+        return min(found) / 2 if found else None
+
+    def _fence(self, age: float) -> None:
+        """The heartbeat is too old: stop every running job before it may be rescued."""
+        running = self._all_running()
+        log.error(
+            "worker %s: no heartbeat written for %.1fs (more than fence_after=%.1fs): stopping"
+            " its %d running job%s before another worker may rescue them (they are put back"
+            " to pending once the database answers again)",
+            self.worker_id,
+            age,
+            self._heartbeat.fence_after or 0.0,
+            len(running),
+            "" if len(running) == 1 else "s",
+            extra={"worker_id": self.worker_id},
+        )
+        for r in running:
+            r.stop("fenced")
 
     def _cancel_running(self, ids: set[str]) -> None:
         for producer in self._queues.all():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,7 @@ async def test_a_frozen_listener_is_detected_and_replaced(database, mode, report
                 "the listener to connect",
             )
             proxy.hole(proxy.listeners())
+            holed_at = datetime.now()
             await anyio.sleep(2 * CALL_TIMEOUT)
             for _ in range(rounds):
                 pushed_at = time.monotonic()
@@ -293,6 +295,14 @@ async def test_a_frozen_listener_is_detected_and_replaced(database, mode, report
     finally:
         proxy.stop()
     worst = max(latencies)
+    text = worker.log_path.read_text(errors="replace")
+    stalls = [line for line in text.splitlines() if "ListenerStalled" in line]
+    assert stalls, worker.tail()  # detected by its ping, and logged at WARNING
+    logged = datetime.strptime(stalls[0][:23], "%Y-%m-%d %H:%M:%S,%f")
+    detected = (logged - holed_at).total_seconds()
+    bound = 3 * 0.5 + CALL_TIMEOUT + SLACK  # a ping interval + the echo deadline
+    report.add(NAME, "frozen listener: detected after (s)", round(detected, 2), detected < bound)
     report.add(NAME, "frozen listener: push-to-done max (s)", worst, worst < 10.0)
+    assert 0 < detected < bound, (detected, worker.tail())
     assert worst < 10.0, (latencies, worker.tail())
     assert codes == [0], worker.tail()

@@ -176,7 +176,8 @@ async def test_a_dead_path_then_restored_loses_nothing_and_runs_nothing_twice(
                 dsn,
                 "dead",
                 tmp_path,
-                recovery={"interval": 1.0, "worker_timeout": outage + 30.0},
+                # Self-fencing (half of worker_timeout) must not fire during the outage.
+                recovery={"interval": 1.0, "worker_timeout": 2 * outage + 30.0},
             )
             fleet.append(worker)
             await h.wait_registered(database, [worker.worker_id])

@@ -310,7 +310,15 @@ class Worker:
             async with anyio.create_task_group() as tg:
                 self._runners.start(tg)
                 self._queues.start(tg)
-                await tg.start(self._listener.run)
+                if self.chancy.notifications:
+                    await tg.start(self._listener.run)
+                else:  # behind PgBouncer without listen_dsn: LISTEN cannot work there
+                    log.info(
+                        "worker %s: no wake-ups (behind PgBouncer without listen_dsn); each"
+                        " queue polls every polling_interval",
+                        self.worker_id,
+                        extra={"worker_id": self.worker_id},
+                    )
                 tg.start_soon(self._heartbeat.run)
                 self._heartbeat.fence_after = self._fencing_bound()
                 tg.start_soon(self._heartbeat.watch)

@@ -51,7 +51,8 @@ class Heartbeat:
         #: Held while (un)registering: the heartbeat never registers after the shutdown.
         self._lock = anyio.Lock()
         self._unregistered = False
-        #: Called with the heartbeat's age once it is older than :attr:`fence_after`.
+        #: Called with the heartbeat's age at each check while it is older than
+        #: :attr:`fence_after`.
         self._fence = fence
         #: Seconds without a written heartbeat after which the worker fences itself
         #: (``None``: never). Set by the worker before :meth:`run`.
@@ -78,9 +79,9 @@ class Heartbeat:
         while True:
             await anyio.sleep(min(self.interval, 1.0))
             age = anyio.current_time() - self._last_ok
-            if age > self.fence_after and not self.fenced and not self._unregistered:
+            if age > self.fence_after and not self._unregistered:
                 self.fenced = True
-                self._fence(age)
+                self._fence(age)  # again at each check: jobs claimed meanwhile stop too
 
     async def unregister(
         self, retrying: Callable[[Callable[[], ops.Operation]], Awaitable[Any]]

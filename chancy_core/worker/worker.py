@@ -634,7 +634,9 @@ class Worker:
 
     def _fence(self, age: float) -> None:
         """The heartbeat is too old: stop every running job before it may be rescued."""
-        running = self._all_running()
+        running = [r for r in self._all_running() if r.stop_reason is None]
+        if not running:
+            return
         log.error(
             "worker %s: no heartbeat written for %.1fs (more than fence_after=%.1fs): stopping"
             " its %d running job%s before another worker may rescue them (they are put back"

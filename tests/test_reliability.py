@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -383,3 +384,32 @@ async def test_a_worker_that_cannot_write_its_heartbeat_stops_its_jobs(chancy, r
     assert 1.5 - 0.3 - 0.1 <= fenced_after < 1.5 + 5, fenced_after  # from the last beat
     assert s.RUNS[tag] == 2  # the fenced run, then the one after the orphan check put it back
     assert done.attempts == 1  # a put-back attempt is not counted
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_without_notifications_the_worker_does_not_listen_and_polls_fast(
+    database, run_worker, caplog
+):
+    """Behind PgBouncer without listen_dsn (here: pgbouncer=True on a direct DSN) no LISTEN
+    can work: the worker starts no listener (no LISTEN session in pg_stat_activity) and
+    each queue polls every 0.5 s at most, even with polling_interval=60."""
+    caplog.set_level(logging.INFO, logger="chancy_core.worker.worker")
+    async with Chancy(database, pgbouncer=True, autoload_plugins=False) as app:
+        assert not app.notifications
+        with anyio.fail_after(30):
+            await app.declare(Queue("q", polling_interval=60.0))
+            async with run_worker(app, heartbeat_interval=0.5):
+                await anyio.sleep(1.0)  # a first empty claim: now it waits
+                ref = await app.push(s.make_job(s.noop, "q"))
+                began = anyio.current_time()
+                await s.wait_state(app, ref, "succeeded", timeout=10)
+                took = anyio.current_time() - began
+                listening = await s.query(
+                    app,
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query ILIKE 'LISTEN%%'",
+                )
+    assert took < 0.5 + 2.0, took
+    assert listening == [(0,)]
+    assert "no wake-ups" in caplog.text

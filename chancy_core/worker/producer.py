@@ -74,6 +74,7 @@ class QueueProducer:
         unwritten: Callable[[str], int],
         on_transient: Callable[[], Awaitable[None]],
         previous: QueueProducer | None = None,
+        max_wait: float | None = None,
     ) -> None:
         self.queue = queue
         self.executor: Executor = make_executor(
@@ -84,6 +85,9 @@ class QueueProducer:
         self._start = start
         self._unwritten = unwritten
         self._on_transient = on_transient
+        #: The longest wait between claims (``None``: ``polling_interval``); 0.5 s when
+        #: no wake-up can come (behind PgBouncer without ``listen_dsn``).
+        self.max_wait = max_wait
         #: Set by anyone to make the fetch loop look again; replaced by the fetch loop.
         self._wake = anyio.Event()
         #: Cancelled to stop claiming (retirement, shutdown).
@@ -143,7 +147,7 @@ class QueueProducer:
                             unwritten,
                         )
                     if queue.state is Queue.State.PAUSED or limit <= 0:
-                        with anyio.move_on_after(queue.polling_interval):
+                        with anyio.move_on_after(self._poll(queue)):
                             await self._wake.wait()
                         self._wake = anyio.Event()
                         continue
@@ -175,6 +179,12 @@ class QueueProducer:
         finally:
             self.done.set()
 
+    def _poll(self, queue: Queue) -> float:
+        """Seconds to wait for a wake-up before looking again."""
+        if self.max_wait is None:
+            return queue.polling_interval
+        return min(queue.polling_interval, self.max_wait)
+
     async def _claim_and_start(self, queue: Queue, limit: int) -> tuple[int, float]:
         """Claim up to ``limit`` jobs and start them; return how many, and how long to
         wait for a wake-up before trying again if that was not all.
@@ -185,7 +195,7 @@ class QueueProducer:
         claimed = await self._claim(queue, limit)
         for row in sorted(claimed.rows, key=lambda r: (-r[q.J_PRIORITY], r[q.J_ID])):
             self._start(self, row, claimed.token)
-        wait = queue.polling_interval
+        wait = self._poll(queue)
         if claimed.limited and queue.rate_limit_window:
             # Nothing left in this window: try again when the next one opens.
             window = queue.rate_limit_window

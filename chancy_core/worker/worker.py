@@ -315,7 +315,7 @@ class Worker:
                 else:  # behind PgBouncer without listen_dsn: LISTEN cannot work there
                     log.info(
                         "worker %s: no wake-ups (behind PgBouncer without listen_dsn); each"
-                        " queue polls every polling_interval",
+                        " queue polls every polling_interval, 0.5 s at most",
                         self.worker_id,
                         extra={"worker_id": self.worker_id},
                     )
@@ -507,6 +507,7 @@ class Worker:
             unwritten=self._completer.unwritten,
             on_transient=self._check_pool,
             previous=previous,
+            max_wait=None if self.chancy.notifications else 0.5,
         )
 
     async def _claim(self, queue: Queue, limit: int) -> ops.Claimed:

@@ -413,3 +413,34 @@ async def test_without_notifications_the_worker_does_not_listen_and_polls_fast(
     assert took < 0.5 + 2.0, took
     assert listening == [(0,)]
     assert "no wake-ups" in caplog.text
+
+
+SLOW_FIRST_WRITE = """
+CREATE SEQUENCE slowed_writes;
+CREATE FUNCTION slow_first_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('slowed_writes') = 1 THEN
+        PERFORM pg_sleep(3);  -- the first outcome write is slow; the others wait behind it
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_first_write BEFORE UPDATE ON {jobs} FOR EACH ROW
+    WHEN (OLD.state = 'running' AND NEW.state IN ('succeeded', 'failed'))
+    EXECUTE FUNCTION slow_first_write();
+"""
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_a_queue_held_back_by_unwritten_outcomes_says_so_once(chancy, run_worker, caplog):
+    """Backpressure: with as many unwritten outcomes as its concurrency a queue stops
+    claiming, says why once at WARNING, and claims again once they are written."""
+    await s.query(chancy, SLOW_FIRST_WRITE)
+    with anyio.fail_after(40):
+        await chancy.declare(Queue("q", concurrency=1, polling_interval=0.1))
+        async with run_worker(chancy, heartbeat_interval=0.5, completion_delay=0):
+            refs = [await chancy.push(s.make_job(s.noop, "q")) for _ in range(6)]
+            for ref in refs:
+                await s.wait_state(chancy, ref, "succeeded", timeout=20)
+    held = [r for r in caplog.records if "not claiming while" in r.getMessage()]
+    assert len(held) == 1 and held[0].levelname == "WARNING", [r.getMessage() for r in held]

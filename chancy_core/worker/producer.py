@@ -139,7 +139,7 @@ class QueueProducer:
                     unwritten = self._unwritten(queue.name)
                     limit = min(free, free + queue.concurrency - unwritten)
                     if free > 0 and limit <= 0 and not held_back:
-                        held_back = True  # once, until it claims again
+                        held_back = True  # once, until every outcome is written
                         log.warning(
                             "queue %s: not claiming while %d outcomes are not written yet"
                             " (the database is slow or away; they are kept and retried)",
@@ -152,9 +152,9 @@ class QueueProducer:
                         self._wake = anyio.Event()
                         continue
                     self._wake = anyio.Event()  # a wake-up from now on means: claim again
-                    if held_back:
-                        held_back = False
-                        log.info("queue %s: claiming again", queue.name)
+                    if held_back and unwritten == 0:
+                        held_back = False  # said again only after all were written
+                        log.info("queue %s: every outcome written; claiming freely", queue.name)
                     try:
                         claimed, wait = await self._claim_and_start(queue, limit)
                         delay = 0.1

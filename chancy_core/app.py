@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, LiteralString, Self
 
@@ -556,6 +556,21 @@ class Chancy:
             except psycopg.OperationalError as exc:
                 raise self._translate(exc) from exc
         raise self._too_slow("a call")
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection for statements of one's own (plugins' background tasks),
+        the whole block within ``call_timeout``: at the deadline the block is cancelled,
+        the connection closed, and :class:`DatabaseUnavailableError` raised (a transient
+        error: retry later). A lost connection raises it too."""
+        with anyio.move_on_after(self.call_timeout) as scope:
+            try:
+                async with self.pool.connection() as conn:
+                    yield conn
+            except psycopg.OperationalError as exc:
+                raise self._translate(exc) from exc
+        if scope.cancelled_caught:
+            raise self._too_slow("a call")
 
     @contextlib.contextmanager
     def _sync_deadline(self, conn: psycopg.Connection[Any], what: str) -> Iterator[None]:

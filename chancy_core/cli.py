@@ -47,6 +47,7 @@ from chancy_core.errors import (
     ConfigurationError,
     JobNotFoundError,
     QueueNotFoundError,
+    WorkerError,
 )
 from chancy_core.job import Job, Limit, QueuedJob
 from chancy_core.plugins import (
@@ -74,6 +75,7 @@ Handler = Callable[[Chancy, argparse.Namespace], Awaitable[int]]
 APP_ENV = "CHANCY_APP"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_JOB_FAILED = range(6)
+EXIT_UNWRITTEN = 6
 EXIT_INTERRUPTED = 130
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -83,6 +85,8 @@ EXIT_CODES = {
     EXIT_NOT_FOUND: "no such job or queue",
     EXIT_TIMEOUT: "`job wait` timed out",
     EXIT_JOB_FAILED: "`job wait`: the job failed",
+    EXIT_UNWRITTEN: "`worker start`: stopped with outcomes it could not write (their jobs"
+    " stay running until the recovery plugin rescues them)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 """Exit status of the ``chancy`` command, and what each means."""
@@ -1157,7 +1161,12 @@ async def _worker_start(app: Chancy, args: argparse.Namespace) -> int:
         allow=allow,
         shutdown_timeout=args.shutdown_timeout,
     )
-    await worker.serve()
+    try:
+        await worker.serve()
+    except WorkerError as exc:
+        if not worker.unwritten_at_shutdown:
+            raise
+        return _error(str(exc), EXIT_UNWRITTEN)
     return EXIT_OK
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "claim",
     "complete",
     "keyed_lock",
+    "notify",
     "own_running",
     "register_worker",
     "release",
@@ -144,6 +145,17 @@ def take_worker_id(
 def unregister_worker(schema: Schema, worker_id: str) -> Operation:
     """Delete this worker's row."""
     yield schema.render(q.DELETE_WORKER), {"worker_id": worker_id}
+
+
+def notify(schema: Schema, payload: str) -> Operation:
+    """Send ``payload`` on the prefix's channel (the listener's ping)."""
+    yield (
+        b"SELECT pg_notify(%(channel)s, %(payload)s)",
+        {
+            "channel": schema.channel,
+            "payload": payload,
+        },
+    )
 
 
 def select_queues(schema: Schema) -> Operation:

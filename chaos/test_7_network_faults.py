@@ -10,8 +10,8 @@ moving bytes without closing sockets), in front of the suite's own server:
   run twice, work resumes at once;
 * a worker whose open connections freeze for ever while new ones work (failover, NAT
   state lost): it goes on (passes since the worker package was merged);
-* a worker whose listener alone freezes: needs the worker-side listener check (issue 10,
-  round 2) and is marked xfail(strict) until then.
+* a worker whose listener alone freezes: the listener's ping (a NOTIFY on its own channel
+  every heartbeat) does not come back, so the worker replaces it (issue 10, round 2).
 
 Job executions are recorded on direct connections (not through the proxy), so the
 fault only hits the worker's and the app's own traffic.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,6 @@ from chaos.netproxy import NetProxy
 pytestmark = [pytest.mark.anyio, pytest.mark.db, pytest.mark.slow]
 
 NAME = "7. network faults"
-ROUND_2 = pytest.mark.xfail(strict=True, reason="worker-side deadlines: issue 10 round 2")
 CALL_TIMEOUT = 2.0
 # What a loaded 2-core machine adds to a bound: scheduling, the pool's own timeouts.
 SLACK = 3.0
@@ -176,7 +176,8 @@ async def test_a_dead_path_then_restored_loses_nothing_and_runs_nothing_twice(
                 dsn,
                 "dead",
                 tmp_path,
-                recovery={"interval": 1.0, "worker_timeout": outage + 30.0},
+                # Self-fencing (half of worker_timeout) must not fire during the outage.
+                recovery={"interval": 1.0, "worker_timeout": 2 * outage + 30.0},
             )
             fleet.append(worker)
             await h.wait_registered(database, [worker.worker_id])
@@ -258,7 +259,6 @@ async def test_frozen_connections_are_given_up_and_the_worker_goes_on(
     assert codes == [0], worker.tail()
 
 
-@ROUND_2
 async def test_a_frozen_listener_is_detected_and_replaced(database, mode, report, fleet, tmp_path):
     """Only the listener's connection freezes: the worker notices (it proves its listener
     alive) and reconnects, so wake-ups keep coming on a queue that polls every 60 s."""
@@ -282,6 +282,7 @@ async def test_a_frozen_listener_is_detected_and_replaced(database, mode, report
                 "the listener to connect",
             )
             proxy.hole(proxy.listeners())
+            holed_at = datetime.now()
             await anyio.sleep(2 * CALL_TIMEOUT)
             for _ in range(rounds):
                 pushed_at = time.monotonic()
@@ -295,6 +296,14 @@ async def test_a_frozen_listener_is_detected_and_replaced(database, mode, report
     finally:
         proxy.stop()
     worst = max(latencies)
+    text = worker.log_path.read_text(errors="replace")
+    stalls = [line for line in text.splitlines() if "ListenerStalled" in line]
+    assert stalls, worker.tail()  # detected by its ping, and logged at WARNING
+    logged = datetime.strptime(stalls[0][:23], "%Y-%m-%d %H:%M:%S,%f")
+    detected = (logged - holed_at).total_seconds()
+    bound = 3 * 0.5 + CALL_TIMEOUT + SLACK  # a ping interval + the echo deadline
+    report.add(NAME, "frozen listener: detected after (s)", round(detected, 2), detected < bound)
     report.add(NAME, "frozen listener: push-to-done max (s)", worst, worst < 10.0)
+    assert 0 < detected < bound, (detected, worker.tail())
     assert worst < 10.0, (latencies, worker.tail())
     assert codes == [0], worker.tail()

@@ -155,7 +155,6 @@ CREATE TRIGGER slow_write BEFORE UPDATE ON {jobs} FOR EACH ROW
 """
 
 
-@pytest.mark.xfail(strict=True, reason="worker-side deadlines: issue 10 round 2")
 async def test_a_shutdown_that_leaves_outcomes_unwritten_says_so_and_exits_non_zero(
     database, tmp_path
 ):

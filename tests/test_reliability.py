@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -313,7 +314,6 @@ CREATE TRIGGER refuse_first_write BEFORE UPDATE ON {jobs} FOR EACH ROW
 """
 
 
-@pytest.mark.xfail(strict=True, reason="worker-side deadlines: issue 10 round 2")
 @pytest.mark.db
 @pytest.mark.anyio
 async def test_an_outcome_whose_write_fails_is_kept_and_written_later(chancy, run_worker):
@@ -343,3 +343,104 @@ def test_the_defaults_the_documented_delays_rest_on(monkeypatch):
     )
     assert (app.settings.statement_timeout, app.call_timeout) == (30.0, 35.0)
     assert app.connect_timeout == 10.0
+
+
+# --- self-fencing (issue 10 round 2) -----------------------------------------------------------
+
+REFUSE_HEARTBEATS = """
+CREATE FUNCTION refuse_heartbeat() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'injected: heartbeats fail' USING ERRCODE = '0A000';
+END $$;
+CREATE TRIGGER refuse_heartbeat BEFORE UPDATE ON {workers} FOR EACH ROW
+    EXECUTE FUNCTION refuse_heartbeat();
+"""
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_a_worker_that_cannot_write_its_heartbeat_stops_its_jobs(chancy, run_worker, caplog):
+    """Self-fencing: after ``fence_after`` seconds without a written heartbeat the worker
+    stops its running job (before a recovery plugin could rescue it elsewhere); once the
+    heartbeat is written again the orphan check puts the job back, and it runs again."""
+    tag = uuid.uuid4().hex
+    with anyio.fail_after(60):
+        await chancy.declare(Queue("q", polling_interval=0.1))
+        async with run_worker(chancy, heartbeat_interval=0.3, fence_after=1.5):
+            ref = await chancy.push(s.make_job(s.counted_run, "q", tag=tag, seconds=3.0))
+            await s.wait_state(chancy, ref, "running")
+            began = anyio.current_time()
+            await s.query(chancy, REFUSE_HEARTBEATS)
+            await s.wait_until(
+                lambda: "before another worker may rescue" in caplog.text,
+                timeout=10,
+                what="the worker to fence itself",
+            )
+            fenced_after = anyio.current_time() - began
+            row = await chancy.get_job(ref)
+            assert row is not None and row.state.value == "running"  # not written: fenced
+            await s.query(chancy, "DROP TRIGGER refuse_heartbeat ON {workers}")
+            done = await s.wait_state(chancy, ref, "succeeded", timeout=30)
+    assert 1.5 - 0.3 - 0.1 <= fenced_after < 1.5 + 5, fenced_after  # from the last beat
+    assert s.RUNS[tag] == 2  # the fenced run, then the one after the orphan check put it back
+    assert done.attempts == 1  # a put-back attempt is not counted
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_without_notifications_the_worker_does_not_listen_and_polls_fast(
+    database, run_worker, caplog
+):
+    """Behind PgBouncer without listen_dsn (here: pgbouncer=True on a direct DSN) no LISTEN
+    can work: the worker starts no listener (no LISTEN session in pg_stat_activity) and
+    each queue polls every 0.5 s at most, even with polling_interval=60."""
+    caplog.set_level(logging.INFO, logger="chancy_core.worker.worker")
+    async with Chancy(database, pgbouncer=True, autoload_plugins=False) as app:
+        assert not app.notifications
+        with anyio.fail_after(30):
+            await app.declare(Queue("q", polling_interval=60.0))
+            async with run_worker(app, heartbeat_interval=0.5):
+                await anyio.sleep(1.0)  # a first empty claim: now it waits
+                ref = await app.push(s.make_job(s.noop, "q"))
+                began = anyio.current_time()
+                await s.wait_state(app, ref, "succeeded", timeout=10)
+                took = anyio.current_time() - began
+                listening = await s.query(
+                    app,
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query ILIKE 'LISTEN%%'",
+                )
+    assert took < 0.5 + 2.0, took
+    assert listening == [(0,)]
+    assert "no wake-ups" in caplog.text
+
+
+SLOW_FIRST_WRITE = """
+CREATE SEQUENCE slowed_writes;
+CREATE FUNCTION slow_first_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('slowed_writes') = 1 THEN
+        PERFORM pg_sleep(3);  -- the first outcome write is slow; the others wait behind it
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_first_write BEFORE UPDATE ON {jobs} FOR EACH ROW
+    WHEN (OLD.state = 'running' AND NEW.state IN ('succeeded', 'failed'))
+    EXECUTE FUNCTION slow_first_write();
+"""
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_a_queue_held_back_by_unwritten_outcomes_says_so_once(chancy, run_worker, caplog):
+    """Backpressure: with as many unwritten outcomes as its concurrency a queue stops
+    claiming, says why once at WARNING, and claims again once they are written."""
+    await s.query(chancy, SLOW_FIRST_WRITE)
+    with anyio.fail_after(40):
+        await chancy.declare(Queue("q", concurrency=1, polling_interval=0.1))
+        async with run_worker(chancy, heartbeat_interval=0.5, completion_delay=0):
+            refs = [await chancy.push(s.make_job(s.noop, "q")) for _ in range(6)]
+            for ref in refs:
+                await s.wait_state(chancy, ref, "succeeded", timeout=20)
+    held = [r for r in caplog.records if "not claiming while" in r.getMessage()]
+    assert len(held) == 1 and held[0].levelname == "WARNING", [r.getMessage() for r in held]

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 
 import anyio
+import psycopg
 import pytest
 import test_worker_support as s
 
@@ -39,7 +40,7 @@ class FakeWriter:
     async def __call__(self, batch: Sequence[Completion]) -> set[str]:
         self.batches.append([c.id for c in batch])
         if any(c.meta in self.bad for c in batch):
-            raise ValueError("the database refuses this value")
+            raise psycopg.errors.InvalidTextRepresentation("the database refuses this value")
         return {c.id for c in batch} - self.refused
 
 
@@ -105,6 +106,32 @@ async def test_one_refused_value_does_not_hold_back_the_batch() -> None:
         ["job-2"],
     ]
     assert accepted == {"job-0", "job-1", "job-2"}
+
+
+@pytest.mark.anyio
+async def test_a_write_that_fails_for_another_reason_keeps_the_batch_and_retries() -> None:
+    """Not a refused value (SQLSTATE class 22/23): nothing is dropped, the same batch is
+    written again after a backoff."""
+    writer = FakeWriter()
+    failures = [psycopg.errors.FeatureNotSupported("a trigger said no"), RuntimeError("odd")]
+    accepted: set[str] = set()
+
+    async def write(batch: Sequence[Completion]) -> set[str]:
+        if failures:
+            writer.batches.append([c.id for c in batch])
+            raise failures.pop(0)
+        return await writer(batch)
+
+    async def on_written(batch: Sequence[Completion], ok: set[str]) -> None:
+        accepted.update(ok)
+
+    completer = Completer(write, batch=10, delay=0, on_written=on_written)
+    for i in range(2):
+        completer.record(completion(i))
+    with anyio.fail_after(5):
+        await completer.flush()
+    assert writer.batches == [["job-0", "job-1"]] * 3
+    assert accepted == {"job-0", "job-1"} and len(completer) == 0
 
 
 # --- the claim token: the fence in the database -------------------------------------------

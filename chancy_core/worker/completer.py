@@ -15,9 +15,18 @@ import anyio.abc
 from chancy_core.job import QueuedJob
 from chancy_core.outcome import Outcome
 
-__all__ = ["Completer", "Completion", "storable"]
+__all__ = ["Completer", "Completion", "refused", "storable"]
 
 log = logging.getLogger(__name__)
+
+_MAX_BACKOFF = 5.0
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether the database refused a value for good (SQLSTATE class 22, data exception,
+    or 23, integrity constraint): writing the same outcome again would fail again."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23")
 
 
 def storable(text: str) -> str:
@@ -81,7 +90,11 @@ class Completer:
     seconds for others to share its write. Nothing is reported before it is written.
 
     An outcome leaves the list only once written; writing one twice is harmless (the
-    write is fenced). A batch the database refuses is written one outcome at a time, and
+    write is fenced). A write that fails for any other reason than a refused value (a
+    trigger, a lost connection the writer gave up on, a deadline) keeps the whole batch
+    and is tried again with backoff (up to 5 s), logged at WARNING; only rows the fence
+    refuses are let go. A batch the database refuses (SQLSTATE class 22 or 23) is written
+    one outcome at a time, and
     an outcome it still refuses without its result (``result_error`` says so), then
     without its meta (and with its error text in ASCII), so one bad value never holds
     back the others."""
@@ -114,6 +127,10 @@ class Completer:
         """Whether an outcome of ``job_id`` is waiting to be written."""
         return any(c.id == job_id for c in self._pending)
 
+    def pending_ids(self) -> list[str]:
+        """The ids of the jobs whose outcomes are not written yet."""
+        return [c.id for c in self._pending]
+
     def __len__(self) -> int:
         return len(self._pending)
 
@@ -128,9 +145,24 @@ class Completer:
     async def flush(self) -> None:
         """Write every recorded outcome, a batch per statement, then report them."""
         async with self._lock:
+            delay = 0.1
             while self._pending:
                 batch = self._pending[: self.batch]
-                accepted = await self._write(batch)
+                try:
+                    accepted = await self._write(batch)
+                except Exception as exc:
+                    log.warning(
+                        "could not write %d outcome%s (%s: %s); keeping them, retrying in %.1fs",
+                        len(batch),
+                        "" if len(batch) == 1 else "s",
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, _MAX_BACKOFF)
+                    continue
+                delay = 0.1
                 del self._pending[: len(batch)]
                 for c in batch:
                     self._unwritten[c.queue] -= 1
@@ -141,7 +173,9 @@ class Completer:
         try:
             return await self._write_batch(batch)
         except Exception as exc:
-            # Not the connection (the writer retries that): a value the database refuses.
+            if not refused(exc):
+                raise  # not the values: flush() keeps the batch and tries again
+            # A value the database refuses for good: isolate it.
             if len(batch) > 1:
                 accepted: set[str] = set()
                 for one in batch:

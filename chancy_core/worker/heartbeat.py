@@ -36,6 +36,7 @@ class Heartbeat:
         on_transient: Callable[[], Awaitable[None]],
         interval: float,
         worker_id: str,
+        fence: Callable[[float], None] | None = None,
     ) -> None:
         self._execute = execute
         self._register = register
@@ -50,10 +51,37 @@ class Heartbeat:
         #: Held while (un)registering: the heartbeat never registers after the shutdown.
         self._lock = anyio.Lock()
         self._unregistered = False
+        #: Called with the heartbeat's age at each check while it is older than
+        #: :attr:`fence_after`.
+        self._fence = fence
+        #: Seconds without a written heartbeat after which the worker fences itself
+        #: (``None``: never). Set by the worker before :meth:`run`.
+        self.fence_after: float | None = None
+        self._last_ok = 0.0
+        self.fenced = False
 
     async def register(self) -> None:
         """Insert or refresh the worker's row."""
         await self._execute(self._register())
+        self._last_ok = anyio.current_time()
+        if self.fenced:
+            self.fenced = False
+            log.warning("worker %s: heartbeat written again; no longer fenced", self.worker_id)
+
+    async def watch(self) -> None:
+        """Fence the worker when its heartbeat has not been written for longer than
+        :attr:`fence_after` (checked every ``min(interval, 1)`` s), independently of a
+        heartbeat call that hangs until its deadline."""
+        if self.fence_after is None or self._fence is None:
+            return
+        if self._last_ok == 0.0:
+            self._last_ok = anyio.current_time()
+        while True:
+            await anyio.sleep(min(self.interval, 1.0))
+            age = anyio.current_time() - self._last_ok
+            if age > self.fence_after and not self._unregistered:
+                self.fenced = True
+                self._fence(age)  # again at each check: jobs claimed meanwhile stop too
 
     async def unregister(
         self, retrying: Callable[[Callable[[], ops.Operation]], Awaitable[Any]]
@@ -81,6 +109,8 @@ class Heartbeat:
             except TRANSIENT_ERRORS as exc:
                 log.warning("heartbeat failed (%s); will try again", exc)
                 await self._on_transient()
+            except Exception:  # not the connection: still never stop beating
+                log.exception("heartbeat failed; will try again")
 
     async def _release_orphans(self, rows: list[ops.OwnRunning]) -> None:
         orphans = [(r.id, r.token) for r in rows if not self._knows(str(r.id))]

@@ -74,6 +74,7 @@ class QueueProducer:
         unwritten: Callable[[str], int],
         on_transient: Callable[[], Awaitable[None]],
         previous: QueueProducer | None = None,
+        max_wait: float | None = None,
     ) -> None:
         self.queue = queue
         self.executor: Executor = make_executor(
@@ -84,6 +85,9 @@ class QueueProducer:
         self._start = start
         self._unwritten = unwritten
         self._on_transient = on_transient
+        #: The longest wait between claims (``None``: ``polling_interval``); 0.5 s when
+        #: no wake-up can come (behind PgBouncer without ``listen_dsn``).
+        self.max_wait = max_wait
         #: Set by anyone to make the fetch loop look again; replaced by the fetch loop.
         self._wake = anyio.Event()
         #: Cancelled to stop claiming (retirement, shutdown).
@@ -125,19 +129,32 @@ class QueueProducer:
     async def run(self) -> None:
         """The fetch loop, until retired or cancelled."""
         delay = 0.1
+        held_back = False
         try:
             with self.scope:
                 while True:
                     queue = self.queue
                     self.slots.forget_inherited()
                     free = self.slots.free()
-                    limit = min(free, free + queue.concurrency - self._unwritten(queue.name))
+                    unwritten = self._unwritten(queue.name)
+                    limit = min(free, free + queue.concurrency - unwritten)
+                    if free > 0 and limit <= 0 and not held_back:
+                        held_back = True  # once, until every outcome is written
+                        log.warning(
+                            "queue %s: not claiming while %d outcomes are not written yet"
+                            " (the database is slow or away; they are kept and retried)",
+                            queue.name,
+                            unwritten,
+                        )
                     if queue.state is Queue.State.PAUSED or limit <= 0:
-                        with anyio.move_on_after(queue.polling_interval):
+                        with anyio.move_on_after(self._poll(queue)):
                             await self._wake.wait()
                         self._wake = anyio.Event()
                         continue
                     self._wake = anyio.Event()  # a wake-up from now on means: claim again
+                    if held_back and unwritten == 0:
+                        held_back = False  # said again only after all were written
+                        log.info("queue %s: every outcome written; claiming freely", queue.name)
                     try:
                         claimed, wait = await self._claim_and_start(queue, limit)
                         delay = 0.1
@@ -162,6 +179,12 @@ class QueueProducer:
         finally:
             self.done.set()
 
+    def _poll(self, queue: Queue) -> float:
+        """Seconds to wait for a wake-up before looking again."""
+        if self.max_wait is None:
+            return queue.polling_interval
+        return min(queue.polling_interval, self.max_wait)
+
     async def _claim_and_start(self, queue: Queue, limit: int) -> tuple[int, float]:
         """Claim up to ``limit`` jobs and start them; return how many, and how long to
         wait for a wake-up before trying again if that was not all.
@@ -172,7 +195,7 @@ class QueueProducer:
         claimed = await self._claim(queue, limit)
         for row in sorted(claimed.rows, key=lambda r: (-r[q.J_PRIORITY], r[q.J_ID])):
             self._start(self, row, claimed.token)
-        wait = queue.polling_interval
+        wait = self._poll(queue)
         if claimed.limited and queue.rate_limit_window:
             # Nothing left in this window: try again when the next one opens.
             window = queue.rate_limit_window

@@ -145,3 +145,5 @@ class QueueSet:
                 self.apply(await read())
             except TRANSIENT_ERRORS as exc:
                 log.warning("could not read the queues (%s); will try again", exc)
+            except Exception:  # not the connection: the watcher never dies of it
+                log.exception("could not read the queues; will try again")

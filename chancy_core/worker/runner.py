@@ -84,7 +84,7 @@ class Running:
     job: QueuedJob
     token: str
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    stop_reason: str | None = None  # "cancel" or "shutdown"
+    stop_reason: str | None = None  # "cancel", "shutdown" or "fenced"
     #: The last progress the job reported, and how many times it reported (set by
     #: report_progress, maybe from the job's thread) / how many are written (the loop).
     progress: tuple[float, str | None] | None = None
@@ -192,8 +192,11 @@ class JobRunner:
                 stopped = exc  # the job turned its cancellation into an error
             if scope.cancel_called:
                 result = None
-                if running.stop_reason == "shutdown":
-                    return None  # the shutdown puts it back to pending
+                if running.stop_reason in ("shutdown", "fenced"):
+                    # The shutdown puts it back to pending; a fenced job is put back by
+                    # the orphan check once the heartbeat is written again, or rescued
+                    # by the recovery plugin.
+                    return None
                 if running.stop_reason == "cancel":
                     permanent = True
                     raise JobCancelled(f"job {job.id} was cancelled while running") from stopped

@@ -47,13 +47,20 @@ class PluginTasks:
         call_sync_event(self.hook.chancy_worker_tasks, worker=self.worker, register=register)
 
     async def _keep_running(self, name: str, func: WorkerTask) -> None:
+        """Run a plugin task; restart it when it fails, backing off from 1 s to 30 s
+        (back to 1 s once it ran a minute without failing)."""
+        delay = 1.0
         while True:
+            began = anyio.current_time()
             try:
                 await func(self.worker)
                 return
             except Exception:
-                log.exception("plugin task %s failed; restarting it in 1s", name)
-                await anyio.sleep(1.0)
+                if anyio.current_time() - began > 60.0:
+                    delay = 1.0
+                log.exception("plugin task %s failed; restarting it in %.0fs", name, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def set_leader(self, leader: bool) -> None:
         """Become (or stop being) the leader: start or stop the leader-only tasks."""

@@ -82,6 +82,13 @@ class Worker:
         succeeds). Default 1 MiB.
     :param progress_interval: seconds between writes of running jobs' progress (each
         write carries every job's latest value; the last one is written with the outcome).
+    :param fence_after: self-fencing: once the heartbeat has not been written for this
+        many seconds, the worker stops its running jobs (async jobs are cancelled,
+        process jobs killed, thread jobs abandoned) before another worker may rescue
+        them; their outcomes are not written (the orphan check puts them back to
+        ``pending`` once the heartbeat is written again, or the recovery plugin rescues
+        them). Default ``None``: half the recovery plugin's ``worker_timeout`` when a
+        plugin that recovers dead workers is registered, else off; ``math.inf``: off.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Worker:
         completion_delay: float = 0.005,
         max_result_bytes: int = 1_048_576,
         progress_interval: float = 0.5,
+        fence_after: float | None = None,
     ) -> None:
         if isinstance(allow, str):
             raise ConfigurationError("allow takes a list of module prefixes, not one string")
@@ -112,6 +120,12 @@ class Worker:
             raise ConfigurationError("max_result_bytes must be >= 0 (0 stores no result)")
         if not progress_interval > 0:
             raise ConfigurationError("progress_interval must be > 0 (seconds)")
+        if fence_after is not None and not fence_after > heartbeat_interval:
+            raise ConfigurationError(
+                f"fence_after ({fence_after!r}) must be more than heartbeat_interval"
+                f" ({heartbeat_interval!r}) seconds (math.inf turns self-fencing off)"
+            )
+        self._fence_after = fence_after
         self.chancy = chancy
         self.worker_id = worker_id or str(uuid.uuid4())
         self.hostname = socket.gethostname()
@@ -128,9 +142,22 @@ class Worker:
         self._drain_scope: anyio.CancelScope | None = None
         #: The queues with concurrency rules: claimed by the keyed statement.
         self._keyed: frozenset[str] = frozenset()
+        #: The ids of the jobs whose outcomes the shutdown could not write (``serve()``
+        #: raises :class:`WorkerError` when there are any).
+        self.unwritten_at_shutdown: list[str] = []
 
         # The components, in data-path order.
-        self._listener = Listener(chancy.connect, schema.channel, self._on_event, self._missed)
+        self._listener = Listener(
+            chancy.connect,
+            schema.channel,
+            self._on_event,
+            self._missed,
+            ping=lambda payload: chancy.execute(ops.notify(schema, payload)),
+            sender=self.worker_id,
+            interval=heartbeat_interval,
+            echo_timeout=2 * heartbeat_interval + chancy.call_timeout,
+            call_timeout=chancy.call_timeout,
+        )
         self._queues = QueueSet(self.tags, self._new_producer)
         self._runners: RunnerPool[tuple[QueueProducer, Running]] = RunnerPool(self._run_job)
         self._job_runner = JobRunner(
@@ -160,6 +187,7 @@ class Worker:
             on_transient=self._check_pool,
             interval=heartbeat_interval,
             worker_id=self.worker_id,
+            fence=self._fence,
         )
         self._progress = ProgressWriter(
             chancy.execute,
@@ -258,6 +286,13 @@ class Worker:
                 tg.start_soon(on_signal)
                 await self.run()
                 tg.cancel_scope.cancel()
+        if self.unwritten_at_shutdown:
+            n = len(self.unwritten_at_shutdown)
+            raise WorkerError(
+                f"worker {self.worker_id} stopped with {n} outcome{'' if n == 1 else 's'}"
+                " unwritten: their jobs stay 'running' until the recovery plugin rescues"
+                " them (they may run again)"
+            )
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -275,8 +310,18 @@ class Worker:
             async with anyio.create_task_group() as tg:
                 self._runners.start(tg)
                 self._queues.start(tg)
-                await tg.start(self._listener.run)
+                if self.chancy.notifications:
+                    await tg.start(self._listener.run)
+                else:  # behind PgBouncer without listen_dsn: LISTEN cannot work there
+                    log.info(
+                        "worker %s: no wake-ups (behind PgBouncer without listen_dsn); each"
+                        " queue polls every polling_interval, 0.5 s at most",
+                        self.worker_id,
+                        extra={"worker_id": self.worker_id},
+                    )
                 tg.start_soon(self._heartbeat.run)
+                self._heartbeat.fence_after = self._fencing_bound()
+                tg.start_soon(self._heartbeat.watch)
                 tg.start_soon(self._completer.run)
                 tg.start_soon(self._progress.run)
                 self._queues.apply(await self._read_queues())
@@ -405,6 +450,7 @@ class Worker:
                     "" if unfinished == 1 else "s",
                     extra={"worker_id": self.worker_id},
                 )
+            deadline = anyio.current_time() + self.shutdown_timeout
             with anyio.move_on_after(self.shutdown_timeout) as self._drain_scope:
                 await call_event(self._hooks.chancy_worker_stopping, worker=self)
                 while self._busy():
@@ -418,9 +464,30 @@ class Worker:
                         if running.stop("shutdown"):
                             released.append((running.job.id, running.token))
                 await anyio.sleep(0.01)
-            with anyio.move_on_after(max(self.shutdown_timeout, 5.0)):
+            # First: a finished job keeps its outcome. Within what is left of the
+            # shutdown deadline (at least a second).
+            with anyio.move_on_after(max(deadline - anyio.current_time(), 1.0)):
                 try:
-                    await self._completer.flush()  # first: a finished job keeps its outcome
+                    await self._completer.flush()
+                except Exception:
+                    log.exception("worker %s could not write its outcomes", self.worker_id)
+            self.unwritten_at_shutdown = self._completer.pending_ids()
+            if self.unwritten_at_shutdown:
+                log.error(
+                    "worker %s: %d outcome%s could not be written by the end of the shutdown"
+                    " timeout (unwritten; their jobs stay 'running' until recovered)",
+                    self.worker_id,
+                    len(self.unwritten_at_shutdown),
+                    "" if len(self.unwritten_at_shutdown) == 1 else "s",
+                    extra={"worker_id": self.worker_id},
+                )
+                log.debug(
+                    "unwritten outcomes of jobs %s",
+                    ", ".join(self.unwritten_at_shutdown),
+                    extra={"worker_id": self.worker_id},
+                )
+            with anyio.move_on_after(5.0):
+                try:
                     await self._retrying(
                         "releasing jobs",
                         partial(ops.release, self._schema, self.worker_id, released),
@@ -440,6 +507,7 @@ class Worker:
             unwritten=self._completer.unwritten,
             on_transient=self._check_pool,
             previous=previous,
+            max_wait=None if self.chancy.notifications else 0.5,
         )
 
     async def _claim(self, queue: Queue, limit: int) -> ops.Claimed:
@@ -454,7 +522,9 @@ class Worker:
         op = ops.claim(self._schema, queue, limit, self.worker_id, keyed=keyed)
         claimed: ops.Claimed | None = None
         with anyio.CancelScope(shield=True) as shield:
-            shield.deadline = anyio.current_time() + max(30.0, 3 * self.chancy.connect_timeout)
+            # The app's call deadline: a frozen connection is closed at it (a claim that
+            # commits after the worker gave up is put back by the heartbeat's orphan check).
+            shield.deadline = anyio.current_time() + self.chancy.call_timeout
             try:
                 if queue.rate_limit is None and not keyed:
                     claimed = await self.chancy._run(conn, op)
@@ -550,6 +620,37 @@ class Worker:
         """The listener reconnected: events may have been missed."""
         self._queues.wake_all()
         self._queues.changed.set()
+
+    def _fencing_bound(self) -> float | None:
+        """Seconds without a heartbeat after which this worker fences itself, or ``None``."""
+        if self._fence_after is not None:
+            return None if self._fence_after == float("inf") else self._fence_after
+        timeouts = [
+            getattr(p, "worker_timeout", None)
+            for _, p in registered(self.chancy.plugins)
+            if recovers_dead_workers(p)
+        ]
+        found = [t for t in timeouts if isinstance(t, (int, float)) and t > 0]
+        return min(found) / 2 if found else None
+
+    def _fence(self, age: float) -> None:
+        """The heartbeat is too old: stop every running job before it may be rescued."""
+        running = [r for r in self._all_running() if r.stop_reason is None]
+        if not running:
+            return
+        log.error(
+            "worker %s: no heartbeat written for %.1fs (more than fence_after=%.1fs): stopping"
+            " its %d running job%s before another worker may rescue them (they are put back"
+            " to pending once the database answers again)",
+            self.worker_id,
+            age,
+            self._heartbeat.fence_after or 0.0,
+            len(running),
+            "" if len(running) == 1 else "s",
+            extra={"worker_id": self.worker_id},
+        )
+        for r in running:
+            r.stop("fenced")
 
     def _cancel_running(self, ids: set[str]) -> None:
         for producer in self._queues.all():

@@ -266,7 +266,7 @@ class Cron:
     # --- the scheduler -------------------------------------------------------------------
 
     async def _tick(self, app: Chancy) -> tuple[builtins.list[Reference], int]:
-        async with app.pool.connection() as conn, conn.transaction():
+        async with app.connection() as conn, conn.transaction():
             cur = await conn.execute(app.schema.render(q.SELECT_DUE), {"limit": self.batch_size})
             rows = await cur.fetchall()
             if not rows:
@@ -353,7 +353,7 @@ class Cron:
                 log.exception("cron: pushing %s failed; skipping this run", run.job)
 
     async def _seconds_to_next(self, app: Chancy) -> float | None:
-        async with app.pool.connection() as conn:
+        async with app.connection() as conn:
             cur = await conn.execute(app.schema.render(q.SECONDS_TO_NEXT))
             row = await cur.fetchone()
         return None if row is None or row[0] is None else float(row[0])

@@ -151,7 +151,7 @@ class Leadership:
 
     async def acquire(self, app: Chancy, holder: str) -> bool:
         """Take or renew the lease for ``holder``; whether it holds it now."""
-        async with app.pool.connection() as conn:
+        async with app.connection() as conn:
             cur = await conn.execute(
                 app.schema.render(ACQUIRE),
                 {"election": self.election, "holder": holder, "ttl": self.ttl},
@@ -160,7 +160,7 @@ class Leadership:
 
     async def release(self, app: Chancy, holder: str) -> bool:
         """Give up the lease if ``holder`` holds it; whether it did."""
-        async with app.pool.connection() as conn:
+        async with app.connection() as conn:
             cur = await conn.execute(
                 app.schema.render(RELEASE), {"election": self.election, "holder": holder}
             )
@@ -168,7 +168,7 @@ class Leadership:
 
     async def current(self, app: Chancy) -> Lease | None:
         """The lease as the database has it, or ``None`` if nobody ever held it."""
-        async with app.pool.connection() as conn:
+        async with app.connection() as conn:
             cur = await conn.execute(app.schema.render(CURRENT), {"election": self.election})
             row = await cur.fetchone()
         return None if row is None else Lease(*row)

@@ -146,7 +146,7 @@ class Pruner:
             deleted[state] = 0
             params = {"state": state, "age": age, "batch_size": self.batch_size}
             for _ in range(self.max_batches):
-                async with app.pool.connection() as conn:
+                async with app.connection() as conn:
                     cur = await conn.execute(statement, params)
                     count = max(cur.rowcount, 0)
                 deleted[state] += count

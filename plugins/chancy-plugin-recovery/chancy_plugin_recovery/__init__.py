@@ -250,7 +250,7 @@ class Recovery:
         statement = app.schema.render(RESCUE)
         done: list[Rescue] = []
         while True:
-            async with app.pool.connection() as conn:
+            async with app.connection() as conn:
                 cur = await conn.execute(statement, params)
                 rows = await cur.fetchall()
             batch = [
@@ -286,7 +286,7 @@ class Recovery:
         """Delete the rows of workers silent for ``forget_workers_after`` that run nothing."""
         if self.forget_workers_after is None:
             return []
-        async with app.pool.connection() as conn:
+        async with app.connection() as conn:
             cur = await conn.execute(
                 app.schema.render(FORGET_WORKERS), {"after": self.forget_workers_after}
             )

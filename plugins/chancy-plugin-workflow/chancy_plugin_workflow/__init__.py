@@ -774,7 +774,7 @@ async def submit_workflow(
         async with connection.transaction():
             wid: str = await _arun(app, connection, _submit_op(app, workflow, plan))
         return wid
-    async with app.pool.connection() as conn, conn.transaction():
+    async with app.connection() as conn, conn.transaction():
         wid = await _arun(app, conn, _submit_op(app, workflow, plan))
     return wid
 
@@ -895,7 +895,7 @@ async def advance(app: Chancy, job_ids: Sequence[str]) -> int:
         return 0
     for attempt in range(5):
         try:
-            async with app.pool.connection() as conn, conn.transaction():
+            async with app.connection() as conn, conn.transaction():
                 marked, to_cancel = await _advance(app, conn, list(job_ids))
             break
         except _RETRIES:
@@ -1142,7 +1142,7 @@ class Workflows:
         What the leader does every ``sweep_interval`` seconds; returns the steps repaired."""
         repaired = 0
         for _ in range(100):
-            async with app.pool.connection() as conn:
+            async with app.connection() as conn:
                 rows = await _fetch(conn, app, q.STRANDED, {"limit": self.batch_size})
             if not rows:
                 break
@@ -1154,7 +1154,7 @@ class Workflows:
             log.warning(
                 "workflow sweeper: advanced %d steps whose worker never reported them", repaired
             )
-        async with app.pool.connection() as conn:
+        async with app.connection() as conn:
             alive = await _fetch(conn, app, q.UNCANCELLED, {"limit": self.batch_size})
         for (job_id,) in alive:
             await app.cancel_job(str(job_id))

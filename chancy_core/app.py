@@ -192,16 +192,6 @@ def _copyable(jobs: list[Job]) -> bool:
     return len(jobs) >= COPY_MIN_JOBS and all(job.unique_key is None for job in jobs)
 
 
-def _job_id(ref: Reference | str) -> uuid.UUID:
-    identifier = ref.identifier if isinstance(ref, Reference) else ref
-    try:
-        return uuid.UUID(identifier)
-    except (TypeError, ValueError, AttributeError):
-        raise JobNotFoundError(
-            f"{identifier!r} is not a job reference: use the Reference that push() returned"
-        ) from None
-
-
 def _lost_connection(exc: psycopg.Error) -> bool:
     """Whether ``exc`` means the connection failed (not, say, a deadlock, which is also an
     ``OperationalError``): no SQLSTATE, connection exceptions (08) or a shutdown (57P)."""
@@ -847,7 +837,7 @@ class Chancy:
     # --- reading and cancelling ----------------------------------------------------------
 
     def _get_op(self, refs: Sequence[Reference | str]) -> Operation:
-        ids = [_job_id(ref) for ref in refs]
+        ids = [admin.job_id(ref) for ref in refs]
         rows = yield self.schema.render(q.SELECT_JOBS), {"ids": ids}
         by_id = {str(row[0]): job_from_row(row) for row in rows}
         return [by_id.get(str(i)) for i in ids]
@@ -868,7 +858,7 @@ class Chancy:
         return found[0]
 
     def _cancel_op(self, refs: Sequence[Reference | str]) -> Operation:
-        ids = [_job_id(ref) for ref in refs]
+        ids = [admin.job_id(ref) for ref in refs]
         params = {"ids": ids, "channel": self.schema.channel}
         rows = yield self.schema.render(q.CANCEL_JOBS), params
         return int(rows[0][0]) + int(rows[0][1]) if rows else 0
@@ -901,7 +891,7 @@ class Chancy:
         stops answering is replaced), and :class:`~chancy_core.errors.JobNotFoundError`
         if the job vanishes.
         """
-        job_id = str(_job_id(ref))
+        job_id = str(admin.job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
         waiting: LiteralString = (
@@ -982,7 +972,7 @@ class Chancy:
         self, ref: Reference | str, *, timeout: float | None = None, interval: float = 1.0
     ) -> QueuedJob:
         """Sync twin of :meth:`wait_for_job`."""
-        job_id = str(_job_id(ref))
+        job_id = str(admin.job_id(ref))
         deadline = None if timeout is None else time.monotonic() + timeout
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel))
         waiting: LiteralString = (

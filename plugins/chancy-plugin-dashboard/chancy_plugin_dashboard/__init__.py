@@ -26,9 +26,21 @@ from typing import Any
 
 from chancy_core import hookimpl
 from chancy_plugin_dashboard.app import Dashboard
-from chancy_plugin_dashboard.security import AuthCallback, hash_password, verify_password
+from chancy_plugin_dashboard.security import (
+    AuthCallback,
+    LoginLimits,
+    hash_password,
+    verify_password,
+)
 
-__all__ = ["AuthCallback", "Dashboard", "DashboardPlugin", "hash_password", "verify_password"]
+__all__ = [
+    "AuthCallback",
+    "Dashboard",
+    "DashboardPlugin",
+    "LoginLimits",
+    "hash_password",
+    "verify_password",
+]
 
 
 class DashboardPlugin:

@@ -28,6 +28,8 @@ from chancy_plugin_dashboard.security import (
     AuthCallback,
     Guard,
     GuardConfig,
+    LoginLimits,
+    LoginThrottle,
     _parse_hash,
     base_path,
 )
@@ -82,6 +84,9 @@ class Dashboard:
         for is refused (or sent to the password form, if ``password_hash`` is given).
     :param password_hash: enables the built-in login form; make it with
         :func:`~chancy_plugin_dashboard.hash_password` or ``chancy dashboard --hash-password``.
+    :param login_limits: how many password attempts are accepted per client and in total
+        (:class:`~chancy_plugin_dashboard.LoginLimits`; by default 5 per client and 50
+        failed in total per 5 minutes); past them the form answers 429.
     :param secret_key: signs the session cookie; give the same one to every process
         serving the dashboard. By default a random key per process (sessions end with it).
     :param secure_cookies: mark the session cookie ``Secure`` (HTTPS only). Turn off
@@ -108,6 +113,7 @@ class Dashboard:
         *,
         auth: AuthCallback | None = None,
         password_hash: str | None = None,
+        login_limits: LoginLimits | None = None,
         secret_key: str | bytes | None = None,
         secure_cookies: bool = True,
         read_only: bool = False,
@@ -149,6 +155,8 @@ class Dashboard:
         self.chancy = chancy
         self.auth = auth
         self.password_hash = password_hash
+        self.login_throttle = LoginThrottle(login_limits)
+        """Counts the password attempts (see :class:`LoginLimits`)."""
         self.read_only = read_only
         self.title = title
         self.live_interval = live_interval

@@ -18,7 +18,9 @@ route of the dashboard, so no page or action can forget a check:
   generic page that shows only that reference.
 
 Passwords are stored as scrypt hashes (:func:`hash_password`) and compared with
-:func:`hmac.compare_digest`.
+:func:`hmac.compare_digest`. Password attempts are limited per client and in total
+(:class:`LoginLimits`, :class:`LoginThrottle`): past the limit the login form answers 429
+without checking the password.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import secrets
+import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +49,8 @@ __all__ = [
     "CSRF_FIELD",
     "AuthCallback",
     "Guard",
+    "LoginLimits",
+    "LoginThrottle",
     "Session",
     "hash_password",
     "verify_password",
@@ -130,6 +137,92 @@ def verify_password(password: str, encoded: str) -> bool:
         maxmem=256 * 1024 * 1024,
     )
     return hmac.compare_digest(candidate, digest)
+
+
+# --- login attempts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """How many password attempts the built-in login accepts (``Dashboard(login_limits=...)``).
+
+    An attempt counts when it is made; a successful one forgets its client's attempts.
+    Past a limit the form answers ``429 Too Many Requests`` with ``Retry-After`` and does
+    not check the password (so the limit also caps the scrypt work an attacker can cause).
+    The counts are kept in memory, per process.
+    """
+
+    per_client: int = 5
+    """Attempts one client (its address) may make within ``window`` seconds."""
+    total: int = 50
+    """Failed attempts all clients together may make within ``window`` seconds (a
+    guessing campaign spread over many addresses locks the form for everyone until its
+    attempts age out of the window)."""
+    window: float = 300.0
+    """Seconds an attempt is remembered."""
+    max_clients: int = 10_000
+    """Clients remembered at once (the oldest are forgotten first)."""
+
+    def __post_init__(self) -> None:
+        if self.per_client < 1 or self.total < 1 or self.max_clients < 1 or not self.window > 0:
+            raise ConfigurationError(
+                "login_limits: per_client, total and max_clients must be >= 1 and window > 0"
+            )
+
+
+class LoginThrottle:
+    """Sliding-window counts of password attempts, per client and in total.
+
+    :param clock: seconds, monotonic (tests pass their own).
+    """
+
+    def __init__(
+        self, limits: LoginLimits | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits or LoginLimits()
+        self.clock = clock
+        self._clients: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque()
+
+    def _trim(self, attempts: deque[float], now: float) -> None:
+        while attempts and attempts[0] <= now - self.limits.window:
+            attempts.popleft()
+
+    def attempt(self, client: str) -> int | None:
+        """Count an attempt by ``client``; ``None`` if it may go on, else the whole
+        seconds to wait (the attempt is then not counted)."""
+        now = self.clock()
+        limits = self.limits
+        self._trim(self._all, now)
+        attempts = self._clients.get(client)
+        if attempts is not None:
+            self._trim(attempts, now)
+        waits = []
+        if attempts is not None and len(attempts) >= limits.per_client:
+            waits.append(attempts[-limits.per_client] + limits.window - now)
+        if len(self._all) >= limits.total:
+            waits.append(self._all[-limits.total] + limits.window - now)
+        if waits:
+            return max(1, math.ceil(max(waits)))
+        if attempts is None:
+            attempts = self._clients[client] = deque()
+            while len(self._clients) > limits.max_clients:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(client)
+        attempts.append(now)
+        self._all.append(now)
+        return None
+
+    def succeeded(self, client: str) -> None:
+        """``client`` gave the right password: forget its attempts (and this one's count
+        in the total, which counts failures)."""
+        attempts = self._clients.pop(client, None)
+        if attempts and self._all:
+            try:
+                self._all.remove(attempts[-1])
+            except ValueError:  # already aged out of the window
+                pass
 
 
 # --- sessions -------------------------------------------------------------------------------

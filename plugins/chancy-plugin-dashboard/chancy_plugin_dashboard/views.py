@@ -139,12 +139,30 @@ class Views:
             if state["user"] is not None:
                 return self._redirect(request, next_path)
             return self.dash.render(request, "login.html", next=next_path, error=None)
+        client = _client(request)
+        wait = self.dash.login_throttle.attempt(client)
+        if wait is not None:
+            log.warning(
+                "dashboard: refused a sign-in attempt (too many; %d s to wait)",
+                wait,
+                extra={"client": client},
+            )
+            response = self.dash.render(
+                request,
+                "login.html",
+                429,
+                next=next_path,
+                error=f"Too many sign-in attempts: try again in {wait} s.",
+            )
+            response.headers["retry-after"] = str(wait)
+            return response
         password = _form(request).get("password", "")
         if password and verify_password(password, self.dash.password_hash):
+            self.dash.login_throttle.succeeded(client)
             state["session"].renew("admin")
-            log.info("dashboard: signed in", extra={"client": _client(request)})
+            log.info("dashboard: signed in", extra={"client": client})
             return self._redirect(request, next_path)
-        log.warning("dashboard: a wrong password was given", extra={"client": _client(request)})
+        log.warning("dashboard: a wrong password was given", extra={"client": client})
         return self.dash.render(request, "login.html", 401, next=next_path, error="Wrong password.")
 
     async def logout(self, request: Request) -> Response:

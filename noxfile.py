@@ -31,6 +31,14 @@ def plugin_install(name: str, extras: tuple[str, ...] = ("test",)) -> str:
     return f"-e{plugin_path(name)}" + (f"[{','.join(found)}]" if found else "")
 
 
+def test_plugins(name: str) -> list[str]:
+    """The ``-e`` arguments installing the other plugins of this repository a plugin's
+    tests use (``[tool.chancy] test-plugins = [...]`` in its pyproject.toml), e.g. the
+    dashboard's workflow page needs chancy-plugin-workflow."""
+    config = tomllib.loads((ROOT / "plugins" / name / "pyproject.toml").read_text())
+    return [plugin_install(p) for p in config.get("tool", {}).get("chancy", {}).get("test-plugins", [])]
+
+
 @nox.session(python=PYTHON, tags=["test"])
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
@@ -58,8 +66,9 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["test"])
 @nox.parametrize("plugin", PLUGINS, ids=PLUGINS)
 def plugin(session: nox.Session, plugin: str) -> None:
-    """One plugin's tests with only the core and that plugin installed (entry points)."""
-    session.install("-e", ".[dev,embedded]", plugin_install(plugin))
+    """One plugin's tests with only the core and that plugin installed (entry points), and
+    the plugins its tests name in ``[tool.chancy] test-plugins``."""
+    session.install("-e", ".[dev,embedded]", plugin_install(plugin), *test_plugins(plugin))
     session.run(
         "pytest", f"{plugin_path(plugin)}/tests", "-p", "chancy_core.testing", *session.posargs
     )
@@ -113,7 +122,9 @@ def django6(session: nox.Session) -> None:
             "`uv python install 3.12`"
         )
     name = "chancy-plugin-django"
-    session.install("-e", ".[dev,embedded]", plugin_install(name), "Django>=6.0")
+    session.install(
+        "-e", ".[dev,embedded]", plugin_install(name), *test_plugins(name), "Django>=6.0"
+    )
     session.run(
         "python", "-c", "import django, sys; assert django.VERSION >= (6, 0), django.VERSION; "
         "print('Django', django.get_version(), 'on Python', sys.version.split()[0])",
@@ -222,7 +233,10 @@ def e2e(session: nox.Session) -> None:
         ".[dev,embedded]",
         "-e",
         plugin_path("chancy-plugin-dashboard") + "[e2e]",
-        *[f"-e{plugin_path(p)}" for p in ("chancy-plugin-cron", "chancy-plugin-metrics")],
+        *[
+            f"-e{plugin_path(p)}"
+            for p in ("chancy-plugin-cron", "chancy-plugin-metrics", "chancy-plugin-workflow")
+        ],
         "-e",
         plugin_path("chancy-plugin-leadership"),
     )

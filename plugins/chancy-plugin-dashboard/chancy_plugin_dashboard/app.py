@@ -257,7 +257,8 @@ class Dashboard:
         """Which optional plugins the app has (their pages are shown when it does)."""
         plugins = self.chancy.plugins
         return {
-            name: plugins.has_plugin(name) for name in ("cron", "metrics", "leadership", "retry")
+            name: plugins.has_plugin(name)
+            for name in ("cron", "metrics", "leadership", "retry", "workflow")
         }
 
     def render(

@@ -24,7 +24,8 @@ from starlette.routing import BaseRoute, Route
 
 from chancy_core import ChancyError, Job, QueuedJob
 from chancy_plugin_dashboard import charts
-from chancy_plugin_dashboard.security import dashboard_state, verify_password
+from chancy_plugin_dashboard.graph import MAX_GRAPH_STEPS, GraphStep, layers, step_graph
+from chancy_plugin_dashboard.security import base_path, dashboard_state, verify_password
 
 if TYPE_CHECKING:
     from chancy_plugin_dashboard.app import Dashboard
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 STATES = [s.value for s in QueuedJob.State]
 PAGE_SIZE = 50
 BULK_PREVIEW = 1000
+STEP_ROWS = 1000
+"""A workflow page's table shows at most this many steps (filter by state for more)."""
 
 
 def _form(request: Request) -> dict[str, str]:
@@ -92,6 +95,9 @@ class Views:
             Route("/cron/add", self.cron_add, methods=post),
             Route("/cron/{name}/{action}", self.cron_action, methods=post),
             Route("/charts", self.charts, methods=get),
+            Route("/workflows", self.workflows, methods=get),
+            Route("/workflows/{workflow_id}", self.workflow, methods=get),
+            Route("/workflows/{workflow_id}/{action}", self.workflow_action, methods=post),
             Route("/events", self.events, methods=get),
         ]
 
@@ -335,7 +341,13 @@ class Views:
         if job.completed_at is not None:
             timeline.append((job.completed_at, job.state.value))
         fields = {"result": job.result, "result error": job.result_error, "progress": job.progress}
+        step = None
+        if self.dash.installed["workflow"]:
+            from chancy_plugin_workflow import step_context
+
+            step = step_context(job)
         return {
+            "step": step,
             "job": job,
             "kwargs": _pretty(job.kwargs),
             "meta": _pretty(job.meta),
@@ -576,6 +588,126 @@ class Views:
             raise HTTPException(404)
         return await self._act(request, run, "/cron")
 
+    # --- workflows ---------------------------------------------------------------------
+
+    def _workflow_api(self) -> Any:
+        """The workflow plugin's module (404 when the app does not have the plugin)."""
+        if not self.dash.installed["workflow"]:
+            raise HTTPException(404)
+        import chancy_plugin_workflow
+
+        return chancy_plugin_workflow
+
+    async def workflows(self, request: Request) -> Response:
+        """Workflows (with chancy-plugin-workflow), newest first, by state."""
+        api = self._workflow_api()
+        states = [s.value for s in api.WorkflowState]
+        state = request.query_params.get("state") or None
+        after = request.query_params.get("after") or None
+        error = None
+        found: list[Any] = []
+        if state is not None and state not in states:
+            error, state = f"unknown state {state!r}: use one of {', '.join(states)}", None
+        else:
+            try:
+                found = await api.list_workflows(self.app, state=state, limit=PAGE_SIZE, after=after)
+            except ChancyError as exc:
+                error = str(exc)
+        next_query = None
+        if len(found) == PAGE_SIZE:
+            next_query = urlencode([(k, v) for k, v in (("state", state), ("after", found[-1].id)) if v])
+        return self.dash.render(
+            request,
+            "workflows.html",
+            workflows=found,
+            states=states,
+            state=state,
+            after=after,
+            error=error,
+            next_query=next_query,
+            first_query=urlencode([("state", state)] if state else []),
+        )
+
+    async def _get_workflow(self, workflow_id: str) -> Any:
+        api = self._workflow_api()
+        try:
+            return await api.get_workflow(self.app, _job_id(workflow_id))
+        except api.WorkflowNotFoundError:
+            raise HTTPException(404) from None
+
+    def _workflow_context(self, info: Any, base: str, step_state: str | None) -> dict[str, Any]:
+        order = [name for layer in layers({n: s.depends_on for n, s in info.steps.items()})
+                 for name in layer]
+        steps = [info.steps[name] for name in order]
+        shown = [s for s in steps if step_state is None or s.state.value == step_state]
+        graph = step_graph(
+            [
+                GraphStep(
+                    name=s.name,
+                    state=s.state.value,
+                    depends_on=s.depends_on,
+                    job_id=s.job.identifier if s.job else None,
+                )
+                for s in steps
+            ],
+            base=base,
+        )
+        counts: dict[str, int] = {}
+        for s in steps:
+            counts[s.state.value] = counts.get(s.state.value, 0) + 1
+        return {
+            "workflow": info,
+            "steps": shown[:STEP_ROWS],
+            "steps_hidden": max(0, len(shown) - STEP_ROWS),
+            "step_state": step_state,
+            "step_counts": counts,
+            "graph": graph,
+            "graph_limit": MAX_GRAPH_STEPS,
+        }
+
+    async def workflow(self, request: Request) -> Response:
+        """One workflow: its state, its steps as a graph and a table (each linking to its
+        job), cancel."""
+        info = await self._get_workflow(request.path_params["workflow_id"])
+        step_state = request.query_params.get("step_state") or None
+        return self.dash.render(
+            request,
+            "workflow.html",
+            **self._workflow_context(info, base_path(request.scope), step_state),
+        )
+
+    async def workflow_action(self, request: Request) -> Response:
+        """Cancel a workflow, after a confirmation page."""
+        api = self._workflow_api()
+        if request.path_params["action"] != "cancel":
+            raise HTTPException(404)
+        info = await self._get_workflow(request.path_params["workflow_id"])
+        back = f"/workflows/{info.id}"
+        if _form(request).get("confirm") != "yes":
+            return self.dash.render(
+                request,
+                "confirm.html",
+                heading="Cancel a workflow",
+                question=(
+                    f"Cancel workflow {info.name!r} ({info.steps_done} of {info.steps_total}"
+                    " steps done)? Its waiting steps will never run and the jobs of its queued"
+                    " and running steps are cancelled."
+                ),
+                details=[],
+                action=f"/workflows/{info.id}/cancel",
+                fields={},
+                back=back,
+                button="Cancel the workflow",
+                sample=[],
+            )
+
+        async def run() -> str:
+            if not await api.cancel_workflow(self.app, info.id):
+                raise ChancyError(f"workflow {info.id} has already finished: nothing to cancel")
+            return f"workflow {info.id} cancelled"
+
+        return await self._act(request, run, back)
+
     # --- charts ------------------------------------------------------------------------
 
     async def charts(self, request: Request) -> Response:
@@ -626,6 +758,16 @@ class Views:
                 return self._job_context(found)
 
             renderers["job"] = ("_job_live.html", job_context)
+        if view == "workflow":
+            workflow_id = request.query_params.get("id", "")
+            step_state = request.query_params.get("step_state") or None
+            base = base_path(request.scope)
+
+            async def workflow_context() -> dict[str, Any]:
+                info = await self._get_workflow(workflow_id)
+                return self._workflow_context(info, base, step_state)
+
+            renderers["workflow"] = ("_workflow_live.html", workflow_context)
         if view not in renderers:
             raise HTTPException(404)
         template, context = renderers[view]

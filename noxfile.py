@@ -36,7 +36,9 @@ def test_plugins(name: str) -> list[str]:
     tests use (``[tool.chancy] test-plugins = [...]`` in its pyproject.toml), e.g. the
     dashboard's workflow page needs chancy-plugin-workflow."""
     config = tomllib.loads((ROOT / "plugins" / name / "pyproject.toml").read_text())
-    return [plugin_install(p) for p in config.get("tool", {}).get("chancy", {}).get("test-plugins", [])]
+    return [
+        plugin_install(p) for p in config.get("tool", {}).get("chancy", {}).get("test-plugins", [])
+    ]
 
 
 @nox.session(python=PYTHON, tags=["test"])

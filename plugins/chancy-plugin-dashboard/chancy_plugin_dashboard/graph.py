@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup
 
-__all__ = ["GraphStep", "MAX_GRAPH_STEPS", "layers", "step_graph"]
+__all__ = ["MAX_GRAPH_STEPS", "GraphStep", "layers", "step_graph"]
 
 MAX_GRAPH_STEPS = 300
 """Workflows with more steps get only the table (a graph that big says nothing)."""
@@ -40,7 +40,9 @@ def layers(steps: Mapping[str, Sequence[str]]) -> list[list[str]]:
     A dependency that is not a step is ignored; steps on a cycle (a workflow never has
     one) go in the first layer."""
     depth: dict[str, int] = {}
-    remaining = {name: [d for d in deps if d in steps and d != name] for name, deps in steps.items()}
+    remaining = {
+        name: [d for d in deps if d in steps and d != name] for name, deps in steps.items()
+    }
     while remaining:
         ready = [n for n, deps in remaining.items() if all(d in depth for d in deps)]
         if not ready:  # a cycle: put what is left first rather than loop forever
@@ -55,6 +57,7 @@ def layers(steps: Mapping[str, Sequence[str]]) -> list[list[str]]:
     for name in sorted(depth, key=lambda n: (depth[n], n)):
         result[depth[name]].append(name)
     for layer in result:
+
         def key(name: str) -> tuple[float, str]:
             deps = [position[d] for d in steps[name] if d in position]
             return (sum(deps) / len(deps) if deps else -1.0, name)
@@ -129,4 +132,3 @@ def step_graph(steps: Sequence[GraphStep], *, base: str) -> Markup | None:
         '<svg class="workflow-graph" role="img" aria-label="the steps and their dependencies"'
         ' viewBox="0 0 {w} {h}" width="{w}" height="{h}">{body}</svg>'
     ).format(w=width, h=height, body=Markup("").join(parts))
-

@@ -26,6 +26,7 @@ without checking the password.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -219,10 +220,8 @@ class LoginThrottle:
         in the total, which counts failures)."""
         attempts = self._clients.pop(client, None)
         if attempts and self._all:
-            try:
+            with contextlib.suppress(ValueError):  # already aged out of the window
                 self._all.remove(attempts[-1])
-            except ValueError:  # already aged out of the window
-                pass
 
 
 # --- sessions -------------------------------------------------------------------------------

@@ -610,12 +610,16 @@ class Views:
             error, state = f"unknown state {state!r}: use one of {', '.join(states)}", None
         else:
             try:
-                found = await api.list_workflows(self.app, state=state, limit=PAGE_SIZE, after=after)
+                found = await api.list_workflows(
+                    self.app, state=state, limit=PAGE_SIZE, after=after
+                )
             except ChancyError as exc:
                 error = str(exc)
         next_query = None
         if len(found) == PAGE_SIZE:
-            next_query = urlencode([(k, v) for k, v in (("state", state), ("after", found[-1].id)) if v])
+            next_query = urlencode(
+                [(k, v) for k, v in (("state", state), ("after", found[-1].id)) if v]
+            )
         return self.dash.render(
             request,
             "workflows.html",
@@ -636,8 +640,11 @@ class Views:
             raise HTTPException(404) from None
 
     def _workflow_context(self, info: Any, base: str, step_state: str | None) -> dict[str, Any]:
-        order = [name for layer in layers({n: s.depends_on for n, s in info.steps.items()})
-                 for name in layer]
+        order = [
+            name
+            for layer in layers({n: s.depends_on for n, s in info.steps.items()})
+            for name in layer
+        ]
         steps = [info.steps[name] for name in order]
         shown = [s for s in steps if step_state is None or s.state.value == step_state]
         graph = step_graph(

@@ -89,13 +89,13 @@ async def test_signing_in_forgets_the_clients_attempts(make_dashboard: MakeDashb
             assert (await attempt(client, "typo")).status_code == 401
             assert (await attempt(client, PASSWORD)).status_code == 303
             page = await client.get("/workers")
-            assert (await client.post("/logout", data={"csrf": csrf_of(page.text)})).status_code == 303
+            assert (
+                await client.post("/logout", data={"csrf": csrf_of(page.text)})
+            ).status_code == 303
 
 
 async def test_the_total_limit_holds_back_every_client(make_dashboard: MakeDashboard) -> None:
-    dashboard, clock = throttled(
-        make_dashboard, LoginLimits(per_client=5, total=4, window=100)
-    )
+    dashboard, clock = throttled(make_dashboard, LoginLimits(per_client=5, total=4, window=100))
     for n in range(4):  # a guessing campaign from four addresses, one guess each
         async with client_from(dashboard, f"192.0.2.{n}") as guesser:
             assert (await attempt(guesser, f"guess {n}")).status_code == 401

@@ -103,9 +103,7 @@ async def test_workflows_are_listed_with_their_state(
     assert "<b>bogus</b>" not in wrong.text and "&lt;b&gt;bogus&lt;/b&gt;" in wrong.text
 
 
-async def test_workflows_are_paged_newest_first(
-    app: Chancy, signed_in: httpx.AsyncClient
-) -> None:
+async def test_workflows_are_paged_newest_first(app: Chancy, signed_in: httpx.AsyncClient) -> None:
     from chancy_plugin_dashboard import views
 
     ids = []
@@ -219,9 +217,10 @@ async def test_cancel_a_workflow_with_a_confirmation_and_the_csrf_token(
     again = await signed_in.post(
         f"/workflows/{done_id}/cancel", data={"csrf": csrf_of(after.text), "confirm": "yes"}
     )
-    assert "has already finished: nothing to cancel" in (
-        await signed_in.get(again.headers["location"])
-    ).text
+    assert (
+        "has already finished: nothing to cancel"
+        in (await signed_in.get(again.headers["location"])).text
+    )
     assert (await get_workflow(app, done_id)).state is WorkflowState.SUCCEEDED
 
 

@@ -31,7 +31,18 @@ from chancy_core.errors import ConfigurationError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
-PAGES = ["/", "/jobs", "/queues", "/workers", "/push", "/cron", "/charts", "/static/dashboard.js"]
+PAGES = [
+    "/",
+    "/jobs",
+    "/queues",
+    "/workers",
+    "/push",
+    "/cron",
+    "/charts",
+    "/workflows",
+    "/static/dashboard.js",
+]
+WORKFLOW_ID = "12345678-1234-5678-1234-567812345678"
 
 
 async def a_job(app: Chancy, **kwargs: Any) -> str:
@@ -52,7 +63,13 @@ async def test_nothing_is_served_without_signing_in(
             assert answer.status_code == 303, path
             assert answer.headers["location"].startswith("/login"), path
             assert "myapp.tasks" not in answer.text
-        for path in [f"/jobs/{job_id}/cancel", "/queues/default/pause", "/push", "/logout"]:
+        for path in [
+            f"/jobs/{job_id}/cancel",
+            "/queues/default/pause",
+            "/push",
+            "/logout",
+            f"/workflows/{WORKFLOW_ID}/cancel",
+        ]:
             answer = await client.post(path, data={"csrf": "x"})
             assert answer.status_code == 401, path
     found = await app.get_job(job_id)
@@ -222,6 +239,7 @@ async def test_no_state_changes_on_get(app: Chancy, signed_in: httpx.AsyncClient
         "/jobs/retry",
         "/logout",
         "/cron/x/remove",
+        f"/workflows/{WORKFLOW_ID}/cancel",
     ):
         answer = await signed_in.get(path)
         assert answer.status_code in (404, 405), path
@@ -293,6 +311,36 @@ async def test_user_controlled_text_is_escaped(app: Chancy, signed_in: httpx.Asy
     assert answer.status_code == 303
     shown = await signed_in.get(answer.headers["location"])
     assert "<script>alert" not in shown.text and "&lt;script&gt;" in shown.text
+
+
+async def test_workflow_text_is_escaped_and_cancel_needs_the_token(
+    app: Chancy, signed_in: httpx.AsyncClient
+) -> None:
+    from chancy_plugin_workflow import Workflow, get_workflow, submit_workflow
+
+    flow = Workflow(PAYLOAD)
+    flow.add("only", Job(func="myapp.tasks.send", kwargs={"html": PAYLOAD}, queue="emails"))
+    wid = await submit_workflow(app, flow)
+    info = await get_workflow(app, wid)
+    assert info.steps["only"].job is not None
+    pages = [
+        await signed_in.get("/workflows"),
+        await signed_in.get(f"/workflows/{wid}"),
+        await signed_in.get(f"/jobs/{info.steps['only'].job.identifier}"),
+        await signed_in.get("/workflows", params={"state": PAYLOAD}),
+        await signed_in.get(f"/workflows/{wid}", params={"step_state": PAYLOAD}),
+    ]
+    token = csrf_of(pages[1].text)
+    for data in ({}, {"csrf": ""}, {"csrf": token[:-1]}):
+        refused = await signed_in.post(f"/workflows/{wid}/cancel", data={**data, "confirm": "yes"})
+        assert refused.status_code == 403 and "security token" in refused.text
+    assert (await get_workflow(app, wid)).state.value == "running"
+    pages.append(await signed_in.post(f"/workflows/{wid}/cancel", data={"csrf": token}))
+    for page in pages:
+        assert page.status_code == 200, page.url
+        assert "<script>alert" not in page.text and "<img src=x" not in page.text, page.url
+    assert "&lt;script&gt;alert(" in pages[0].text and "&lt;script&gt;alert(" in pages[1].text
+    assert "&lt;script&gt;alert(" in pages[-1].text  # the confirmation names it, escaped
 
 
 async def test_every_answer_forbids_inline_scripts_and_framing(

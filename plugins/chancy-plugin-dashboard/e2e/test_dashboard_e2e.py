@@ -190,6 +190,60 @@ def test_cron_schedules_add_and_run_now(page: Page, world: World) -> None:
     assert job.kwargs == {"html": "nightly"}
 
 
+def test_a_workflow_its_graph_links_to_jobs_and_cancel_it(page: Page, world: World) -> None:
+    from chancy_plugin_workflow import (
+        Workflow,
+        sync_get_workflow,
+        sync_submit_workflow,
+        sync_wait_for_workflow,
+    )
+
+    nightly = Workflow("nightly report")
+    nightly.add("fetch-orders", Job.from_func(e2e_jobs.quick, kwargs={"n": 1}))
+    nightly.add("fetch-refunds", Job.from_func(e2e_jobs.quick, kwargs={"n": 2}))
+    nightly.add(
+        "merge",
+        Job.from_func(e2e_jobs.quick, kwargs={"n": 3}),
+        depends_on=["fetch-orders", "fetch-refunds"],
+    )
+    nightly.add("publish", Job.from_func(e2e_jobs.quick, kwargs={"n": 4}), depends_on=["merge"])
+    nightly.add("notify", Job.from_func(e2e_jobs.quick, kwargs={"n": 5}), depends_on=["merge"])
+    done_id = sync_submit_workflow(world.app, nightly)
+    assert sync_wait_for_workflow(world.app, done_id, timeout=30).state.value == "succeeded"
+    backfill = Workflow("backfill")
+    backfill.add("load", Job.from_func(e2e_jobs.sleepy, kwargs={"seconds": 120}, queue="slow"))
+    backfill.add("index", Job.from_func(e2e_jobs.quick, kwargs={"n": 6}), depends_on=["load"])
+    held_id = sync_submit_workflow(world.app, backfill)
+
+    page.goto("/workflows")
+    expect(page.locator(f"#workflow-{done_id} .badge")).to_have_text("succeeded")
+    expect(page.locator(f"#workflow-{held_id} .badge")).to_have_text("running")
+    screenshot(page, "workflows")
+    page.locator(f"#workflow-{done_id} a").click()
+    expect(page.locator("h1")).to_have_text("Workflow nightly report")
+    expect(page.locator("svg.workflow-graph g.node.succeeded")).to_have_count(5)
+    expect(page.locator("table.steps tbody tr")).to_have_count(5)
+    screenshot(page, "workflow")
+    merge = sync_get_workflow(world.app, done_id).steps["merge"].job
+    assert merge is not None
+    page.locator('svg.workflow-graph [data-step="merge"]').click()  # a node opens its job
+    expect(page).to_have_url(f"{world.base_url}/jobs/{merge.identifier}")
+    expect(page.locator("#job-state")).to_have_text("succeeded")
+    page.locator("#job-workflow").click()  # and the job leads back to its workflow
+    page.locator("#step-publish a.step-state").click()  # a step's state opens its job too
+    expect(page).to_have_url(ID_URL)
+    expect(page.locator("#kwargs")).to_contain_text('"n": 4')
+
+    page.goto(f"/workflows/{held_id}")
+    page.get_by_role("button", name="Cancel workflow…").click()
+    expect(page.locator(".question")).to_contain_text("Cancel workflow 'backfill'")
+    page.get_by_role("button", name="Cancel the workflow").click()
+    expect(page.locator(".flash")).to_contain_text(f"workflow {held_id} cancelled")
+    expect(page.locator("#workflow-state")).to_have_text("cancelled")
+    assert sync_get_workflow(world.app, held_id).state.value == "cancelled"
+    expect(page.get_by_role("button", name="Cancel workflow…")).to_have_count(0)
+
+
 def test_every_page_opens(page: Page, world: World) -> None:
     running = world.app.sync_push(
         Job.from_func(e2e_jobs.sleepy, kwargs={"seconds": 30}, queue="slow")

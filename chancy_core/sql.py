@@ -349,11 +349,23 @@ WHERE state = 'running' AND taken_by = %(worker_id)s
 # --- the hot path --------------------------------------------------------------------------
 
 # The claimed ids are materialized once (a CTE with FOR UPDATE always is), so the LIMIT
-# holds whatever plan the UPDATE gets.
-CLAIM_JOBS: LiteralString = """
+# holds whatever plan the UPDATE gets. The queue's own row is read in the same snapshot: a
+# claim that starts after pause_queue() (or delete_queue()) committed takes nothing, even
+# before the worker has heard of the change.
+QUEUE_RUNNABLE: LiteralString = """
+    AND EXISTS (
+        SELECT 1 FROM {queues} AS q
+        WHERE q.name = %(queue)s
+          AND (q.state = 'active' OR (q.state = 'paused' AND q.resume_at <= now())))
+"""
+CLAIM_JOBS: LiteralString = (
+    """
 WITH claimed AS MATERIALIZED (
     SELECT id FROM {jobs}
     WHERE queue = %(queue)s AND state IN ('pending', 'retrying') AND scheduled_at <= now()
+"""
+    + QUEUE_RUNNABLE
+    + """
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -363,7 +375,9 @@ SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by =
     claim_token = %(token)s, progress = NULL
 FROM claimed
 WHERE j.id = claimed.id
-RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+RETURNING """
+    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+)
 # A claimed row is JOB_COLUMNS; the claim's token is not part of the job, the worker keeps it.
 
 # Take up to %(wanted)s tokens of a queue's rate limit for the current fixed window, on the

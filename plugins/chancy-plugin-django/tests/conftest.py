@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -58,19 +59,18 @@ def project_database(postgres_dsn: str) -> Iterator[str]:
         )
 
 
-@pytest.fixture(scope="module")
-def worker(
-    project_database: str, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def run_worker(
+    project_database: str, log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``manage.py chancy_worker`` running in its own process; stopped with SIGTERM, after
-    which it must exit with status 0. Its output goes to a file (a pipe nobody reads could
-    fill up and block it)."""
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    """``manage.py chancy_worker`` running in its own process (with ``env`` over this
+    process's environment); stopped with SIGTERM, after which it must exit with status 0.
+    Its output goes to ``log`` (a pipe nobody reads could fill up and block it)."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "manage.py", "chancy_worker"],
             cwd=PROJECT,
-            env={**os.environ, "EXAMPLE_DATABASE_URL": project_database},
+            env={**os.environ, "EXAMPLE_DATABASE_URL": project_database, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -88,3 +88,13 @@ def worker(
         process.kill()
         pytest.fail(f"manage.py chancy_worker did not stop within 60 s:\n{log.read_text()}")
     assert code == 0, f"manage.py chancy_worker exited with {code}:\n{log.read_text()}"
+
+
+@pytest.fixture(scope="module")
+def worker(
+    project_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The example project's worker (see :func:`run_worker`)."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with run_worker(project_database, log) as process:
+        yield process

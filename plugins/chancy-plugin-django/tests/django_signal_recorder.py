@@ -54,7 +54,7 @@ def on_enqueued(sender: type, task_result: Any, **kwargs: Any) -> None:
     record("task_enqueued", sender, task_result)
 
 
-class RecorderConfig(AppConfig):
+class RecorderConfig(AppConfig):  # type: ignore[misc]  # Django is untyped here
     """Connects the three receivers."""
 
     name = "django_signal_recorder"

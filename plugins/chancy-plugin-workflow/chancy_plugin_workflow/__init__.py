@@ -758,7 +758,7 @@ async def wait_for_workflow(
                             if w.listens:
                                 await conn.execute(w.listen)
                             w.connected()
-                        info = await _arun(app, conn, _get_op(app, w.wid))
+                        info: WorkflowInfo = await _arun(app, conn, _get_op(app, w.wid))
                     if scope.cancelled_caught:
                         raise w.too_slow()
                     if w.finished(info):
@@ -779,7 +779,7 @@ async def wait_for_workflow(
                 await anyio.sleep(w.pause(exc, "wait_for_workflow"))
                 continue
             wait = w.wait_time()
-            if not w.listens:
+            if not w.listens or conn is None:
                 await anyio.sleep(wait)
                 continue
             try:
@@ -842,7 +842,7 @@ def sync_wait_for_workflow(
                                 if w.listens:
                                     conn.execute(w.listen)
                                 w.connected()
-                            info = _srun(app, conn, _get_op(app, w.wid))
+                            info: WorkflowInfo = _srun(app, conn, _get_op(app, w.wid))
                         except psycopg.OperationalError as exc:
                             if cut.is_set():
                                 raise w.too_slow() from exc
@@ -865,7 +865,7 @@ def sync_wait_for_workflow(
                 time.sleep(w.pause(exc, "sync_wait_for_workflow"))
                 continue
             wait = w.wait_time()
-            if not w.listens:
+            if not w.listens or conn is None:
                 time.sleep(wait)
                 continue
             try:

@@ -61,10 +61,10 @@ async def test_a_frozen_listen_connection_is_replaced(
             async def waiter() -> None:
                 if sync:
                     found = await anyio.to_thread.run_sync(
-                        lambda: sync_wait_for_workflow(app, wid, **kwargs)  # type: ignore[arg-type]
+                        lambda: sync_wait_for_workflow(app, wid, **kwargs)
                     )
                 else:
-                    found = await wait_for_workflow(app, wid, **kwargs)  # type: ignore[arg-type]
+                    found = await wait_for_workflow(app, wid, **kwargs)
                 results.append(found)
 
             with anyio.fail_after(150):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_worker
+from django_helpers import run_worker
 
 pytestmark = [pytest.mark.db, pytest.mark.usefixtures("project_database")]
 

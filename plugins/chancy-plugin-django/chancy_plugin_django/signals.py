@@ -28,6 +28,7 @@ yourself. ``task_enqueued`` is sent by the backend, in the enqueuing process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,8 @@ from chancy_core import Outcome, QueuedJob, hookimpl
 from chancy_core.hookspecs import WorkerHandle
 
 __all__ = ["NAME", "DjangoTaskSignals"]
+
+log = logging.getLogger(__name__)
 
 NAME = "django_task_signals"
 """The name the plugin is registered under."""
@@ -81,11 +84,12 @@ class DjangoTaskSignals:
             return
 
         def send() -> None:
-            from chancy_plugin_django.backend import ChancyBackend, task_result
+            from chancy_plugin_django.backend import ChancyBackend
             from chancy_plugin_django.compat import task_started
 
-            result = task_result(job, worker_id=worker.worker_id)
-            task_started.send(ChancyBackend, task_result=result)
+            result = _result_or_none(job, worker_id=worker.worker_id)
+            if result is not None:
+                task_started.send(ChancyBackend, task_result=result)
 
         await self._in_thread(send)
 
@@ -106,16 +110,18 @@ class DjangoTaskSignals:
         def send() -> None:
             from django.utils import timezone
 
-            from chancy_plugin_django.backend import ChancyBackend, task_result
+            from chancy_plugin_django.backend import ChancyBackend
             from chancy_plugin_django.compat import task_finished
 
             errors = list(job.errors)
             if error is not None:  # the completion's error is not in job.errors yet
                 text = "".join(traceback.format_exception(error)).strip()
                 errors.append({"attempt": job.attempts, "traceback": text})
-            result = task_result(
+            result = _result_or_none(
                 job, worker_id=worker.worker_id, errors=errors, finished_at=timezone.now()
             )
+            if result is None:
+                return
             if error is None:
                 task_finished.send(ChancyBackend, task_result=result)
                 return
@@ -128,6 +134,19 @@ class DjangoTaskSignals:
                 error.__traceback__ = saved  # the re-raise added this frame: take it back
 
         await self._in_thread(send)
+
+
+def _result_or_none(job: QueuedJob, **overrides: Any) -> Any:
+    """The job's ``TaskResult``, or ``None`` when it names no Django task (such a job is
+    refused by the runner, and no signal is sent for it)."""
+    from chancy_plugin_django.backend import task_result
+    from chancy_plugin_django.compat import TaskResultDoesNotExist
+
+    try:
+        return task_result(job, **overrides)
+    except (TaskResultDoesNotExist, ImportError, KeyError, TypeError) as exc:
+        log.debug("job %s runs no Django task (%s): no signal sent", job.id, exc)
+        return None
 
 
 def worker_plugins(given: list[Any]) -> list[Any]:

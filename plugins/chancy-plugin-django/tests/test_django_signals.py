@@ -139,3 +139,22 @@ def test_an_attempt_that_is_retried_does_not_finish_the_task(
     assert found[1]["errors"] == ["builtins.ValueError"]  # the first attempt's
     assert found[2]["errors"] == ["builtins.ValueError"] * 2
     assert (found[2]["status"], found[2]["db_state"]) == ("FAILED", "failed")
+
+
+def test_a_job_that_names_no_django_task_sends_no_signal(
+    recording_worker: subprocess.Popen[bytes], signal_log: Path
+) -> None:
+    from chancy_plugin_django import get_app, push_on_django
+    from chancy_plugin_django.backend import RUN_TASK
+    from notes.tasks import reject
+
+    from chancy_core import Job
+
+    bogus = Job(func=RUN_TASK, kwargs={"task": "os.getcwd", "args": [], "kwargs": {}})
+    (ref,) = push_on_django([bogus])
+    assert get_app().sync_wait_for_job(ref, timeout=60).state.value == "failed"
+    # A task run after it has both its signals: the worker's signals are sent in order,
+    # so none is still coming for the bogus job.
+    after = reject.enqueue("after the bogus one")
+    signals_of(signal_log, after.id, 2)
+    assert signals_of(signal_log, str(ref), 0) == []

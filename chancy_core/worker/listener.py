@@ -14,13 +14,37 @@ from psycopg import sql
 
 from chancy_core import events
 
-__all__ = ["Listener", "ListenerStalled"]
+__all__ = ["PING", "Listener", "ListenerStalled", "parse_ping", "ping_payload"]
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
 #: The kind of the listener's own ping: ``{"e":"ping","w":<worker id>,"n":<seq>}``.
 PING = "ping"
+
+
+def ping_payload(sender: str, n: int) -> str:
+    """The payload of ``sender``'s ping number ``n``, ``{"e":"ping","w":sender,"n":n}``: a
+    NOTIFY a LISTEN connection's owner sends on that channel, through another connection,
+    and expects back on its own to prove it alive (public: plugins that LISTEN use it)."""
+    return json.dumps({"e": PING, "w": sender, "n": n}, separators=(",", ":"))
+
+
+def parse_ping(payload: str) -> tuple[str, int] | None:
+    """``(sender, n)`` of a ping's payload (see :func:`ping_payload`); ``None`` for any
+    other payload."""
+    if f'"{PING}"' not in payload:
+        return None
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("e") != PING:
+        return None
+    sender, n = data.get("w"), data.get("n")
+    if not isinstance(sender, str) or not isinstance(n, int) or isinstance(n, bool):
+        return None
+    return sender, n
 
 
 class ListenerStalled(Exception):
@@ -69,27 +93,18 @@ class Listener:
 
     def dispatch(self, payload: str) -> None:
         """Hand one notification to ``on_event`` (anyone may NOTIFY: junk is ignored)."""
-        if f'"{PING}"' in payload and self._is_own_ping(payload):
+        ping = parse_ping(payload)
+        if ping is not None:  # anyone's: ignored; our own echo is recorded
+            sender, n = ping
+            if sender == self._sender and n > self._echoed:
+                self._echoed = n
+                self._echo.set()
             return
         event = events.parse(payload)
         if event is None:
             log.debug("ignoring a malformed notification: %r", payload)
             return
         self._on_event(event)
-
-    def _is_own_ping(self, payload: str) -> bool:
-        """Whether ``payload`` is a ping (anyone's: ignored); records our own echo."""
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            return False
-        if not isinstance(data, dict) or data.get("e") != PING:
-            return False
-        n = data.get("n")
-        if data.get("w") == self._sender and isinstance(n, int) and n > self._echoed:
-            self._echoed = n
-            self._echo.set()
-        return True
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -153,7 +168,7 @@ class Listener:
         self._sent += 1
         n = self._sent
         began = anyio.current_time()
-        payload = json.dumps({"e": PING, "w": self._sender, "n": n}, separators=(",", ":"))
+        payload = ping_payload(self._sender, n)
         try:
             await self._ping(payload)
         except Exception as exc:

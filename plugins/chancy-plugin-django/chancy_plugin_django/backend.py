@@ -10,6 +10,9 @@ connection, inside the caller's transaction: a rollback of the surrounding
 chancy_worker``) run it; ``my_task.get_result(id)`` reads its status and errors
 back from chancy's jobs table.
 
+Signals: ``task_enqueued`` when the enqueuing transaction commits; ``task_started`` and
+``task_finished`` on the worker (:mod:`chancy_plugin_django.signals`).
+
 The Django task's queue name is the chancy queue, its priority the chancy
 priority (higher runs first in both), ``run_after`` the job's ``scheduled_at``.
 ``OPTIONS``: ``max_attempts`` (default 1; attempts after a failure need the retry
@@ -22,11 +25,13 @@ import re
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from django.apps import apps
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 from django.utils import timezone
 
 from chancy_core import Job
@@ -42,7 +47,7 @@ from chancy_plugin_django.compat import (
 )
 from chancy_plugin_django.conf import chancy_settings
 
-__all__ = ["RUN_TASK", "STATUSES", "ChancyBackend", "return_value"]
+__all__ = ["RUN_TASK", "STATUSES", "ChancyBackend", "return_value", "task_result"]
 
 RUN_TASK = "chancy_plugin_django.runner.run_task"
 """The chancy function every Django task runs through (it imports and calls the task)."""
@@ -146,7 +151,11 @@ class ChancyBackend(BaseTaskBackend):
             errors=[],
             worker_ids=[],
         )
-        task_enqueued.send(type(self), task_result=result)
+        # Sent once the job exists for workers: when the caller's transaction commits (at
+        # once outside atomic()); a rolled-back enqueue sends nothing.
+        transaction.on_commit(
+            partial(task_enqueued.send, type(self), task_result=result), using=self.database
+        )
         return result
 
     def get_result(self, result_id: str) -> TaskResult[Any]:
@@ -161,43 +170,59 @@ class ChancyBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(
                 f"no chancy job {result_id!r} runs a Django task"
             ) from None
-        return self._result(row)
+        return task_result(row, default_backend=self.alias)
 
-    def _result(self, row: Any) -> TaskResult[Any]:
-        from django.utils.module_loading import import_string
 
-        found = import_string(row.kwargs["task"])
-        if not isinstance(found, Task):
-            raise TaskResultDoesNotExist(
-                f"job {row.id} names {row.kwargs['task']}, which is no longer a Django task"
+def task_result(
+    job: Any,
+    *,
+    default_backend: str = "default",
+    worker_id: str | None = None,
+    errors: list[Any] | None = None,
+    finished_at: datetime | None = None,
+) -> TaskResult[Any]:
+    """The Django ``TaskResult`` of a chancy job running a Django task: ``job`` is a row
+    of the admin's ``Job`` model or a :class:`~chancy_core.QueuedJob` (the worker's).
+
+    ``worker_id`` (default: the row's ``taken_by``), ``errors`` (default: the job's) and
+    ``finished_at`` (default: its ``completed_at``) override what the job says, for the
+    worker's signals, which are sent before the job object has them."""
+    from django.utils.module_loading import import_string
+
+    found = import_string(job.kwargs["task"])
+    if not isinstance(found, Task):
+        raise TaskResultDoesNotExist(
+            f"job {job.id} names {job.kwargs['task']}, which is no longer a Django task"
+        )
+    task = found.using(
+        priority=job.priority,
+        queue_name=job.queue,
+        backend=job.meta.get("django", {}).get("backend", default_backend),
+        run_after=job.scheduled_at,
+    )
+    state = getattr(job.state, "value", job.state)  # the row's text or QueuedJob.State
+    worker = worker_id or getattr(job, "taken_by", None) or "unknown"
+    result: TaskResult[Any] = TaskResult(
+        task=task,
+        id=str(job.id),
+        status=STATUSES[state],
+        enqueued_at=_pushed_at(uuid.UUID(str(job.id))),
+        started_at=job.started_at,
+        finished_at=finished_at or job.completed_at,
+        last_attempted_at=job.started_at,
+        args=job.kwargs["args"],
+        kwargs=job.kwargs["kwargs"],
+        backend=task.backend,
+        errors=[
+            TaskError(
+                exception_class_path=_exception_path(error["traceback"]),
+                traceback=error["traceback"],
             )
-        task = found.using(
-            priority=row.priority,
-            queue_name=row.queue,
-            backend=row.meta.get("django", {}).get("backend", self.alias),
-            run_after=row.scheduled_at,
-        )
-        result: TaskResult[Any] = TaskResult(
-            task=task,
-            id=str(row.id),
-            status=STATUSES[row.state],
-            enqueued_at=_pushed_at(row.id),
-            started_at=row.started_at,
-            finished_at=row.completed_at,
-            last_attempted_at=row.started_at,
-            args=row.kwargs["args"],
-            kwargs=row.kwargs["kwargs"],
-            backend=task.backend,
-            errors=[
-                TaskError(
-                    exception_class_path=_exception_path(error["traceback"]),
-                    traceback=error["traceback"],
-                )
-                for error in row.errors
-            ],
-            # chancy records no worker per attempt (only the running one, in taken_by):
-            # one entry per attempt keeps TaskResult.attempts (its length) right.
-            worker_ids=[row.taken_by or "unknown"] * row.attempts,
-        )
-        object.__setattr__(result, "_return_value", return_value(row))
-        return result
+            for error in (job.errors if errors is None else errors)
+        ],
+        # chancy records no worker per attempt (only the running one, in taken_by):
+        # one entry per attempt keeps TaskResult.attempts (its length) right.
+        worker_ids=[worker] * job.attempts,
+    )
+    object.__setattr__(result, "_return_value", return_value(job))
+    return result

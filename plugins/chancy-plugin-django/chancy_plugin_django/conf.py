@@ -24,6 +24,7 @@ from django.core.signals import setting_changed
 from psycopg.conninfo import make_conninfo
 
 from chancy_core import Chancy, Queue
+from chancy_plugin_django.signals import worker_plugins
 
 __all__ = ["DEFAULTS", "chancy_settings", "dsn_from_database", "get_app", "queues"]
 
@@ -97,13 +98,17 @@ def dsn_from_database(alias: str) -> str:
 
 
 def get_app() -> Chancy:
-    """This process's app, built from the settings on first use (pools open lazily)."""
+    """This process's app, built from the settings on first use (pools open lazily), with
+    the :class:`~chancy_plugin_django.signals.DjangoTaskSignals` plugin."""
     global _app
     with _lock:
         if _app is None:
             conf = chancy_settings()
             dsn = conf["DSN"] or dsn_from_database(conf["DATABASE"])
-            _app = Chancy(dsn, prefix=conf["PREFIX"], **conf["OPTIONS"])
+            options = dict(conf["OPTIONS"])
+            # Django's task_started/task_finished, sent by the worker that runs the task.
+            options["plugins"] = worker_plugins(list(options.get("plugins") or []))
+            _app = Chancy(dsn, prefix=conf["PREFIX"], **options)
         return _app
 
 

@@ -7,21 +7,17 @@ tables by ``migrate``, chancy's by ``manage.py chancy_migrate``.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
+from django_helpers import PROJECT, run_worker
 from psycopg import sql
 
 from chancy_core.testing import dsn_for_database
-
-PROJECT = Path(__file__).resolve().parents[3] / "examples" / "django_project"
 
 
 @pytest.fixture(scope="session")
@@ -62,29 +58,7 @@ def project_database(postgres_dsn: str) -> Iterator[str]:
 def worker(
     project_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``manage.py chancy_worker`` running in its own process; stopped with SIGTERM, after
-    which it must exit with status 0. Its output goes to a file (a pipe nobody reads could
-    fill up and block it)."""
+    """The example project's worker (see :func:`run_worker`)."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "chancy_worker"],
-            cwd=PROJECT,
-            env={**os.environ, "EXAMPLE_DATABASE_URL": project_database},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while "started" not in log.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"manage.py chancy_worker did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"manage.py chancy_worker did not stop within 60 s:\n{log.read_text()}")
-    assert code == 0, f"manage.py chancy_worker exited with {code}:\n{log.read_text()}"
+    with run_worker(project_database, log) as process:
+        yield process

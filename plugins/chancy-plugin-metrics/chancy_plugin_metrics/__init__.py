@@ -8,14 +8,19 @@ process-global default one), holding:
 * ``chancy_job_run_seconds{queue,func}``: a histogram of how long attempts ran;
 * ``chancy_job_wait_seconds{queue,func}``: a histogram of ``started_at - scheduled_at``;
 * gauges read from the database (cluster-wide): ``chancy_queue_depth{queue,state}``,
-  ``chancy_queue_oldest_job_age_seconds{queue}``, ``chancy_workers``, and
-  ``chancy_metrics_sampled_timestamp_seconds``; plus ``chancy_worker_running_jobs{worker}``
-  (this process's workers, read at scrape time).
+  ``chancy_queue_oldest_job_age_seconds{queue}``, ``chancy_workers``,
+  ``chancy_workers_oldest_heartbeat_age_seconds`` and
+  ``chancy_metrics_sampled_timestamp_seconds``;
+* this process's workers, labelled ``worker`` (stable across restarts by default: see
+  ``worker_label``): ``chancy_worker_running_jobs`` and ``chancy_worker_is_leader`` (read
+  at scrape time), ``chancy_worker_heartbeat_age_seconds`` (sampled) and
+  ``chancy_leadership_changes_total``.
 
 The database gauges are sampled every ``depth_interval`` seconds by a worker task, and by
 :func:`metrics_app` at scrape time when the last sample is older than that. With ``port``
-set, a worker serves the registry with prometheus-client's HTTP server; :func:`metrics_app`
-is the same registry as an ASGI application (the dashboard mounts it at ``/metrics``).
+set, a worker serves the registry on ``/metrics`` (``/healthz`` answers 200, any other
+path 404) with prometheus-client's WSGI server; :func:`metrics_app` is the same registry
+as an ASGI application (the dashboard mounts it at ``/metrics``).
 
 Every worker also adds its counts, per minute, to the plugin's table
 (``{prefix}metrics_minutes``), giving a cluster-wide history that
@@ -27,11 +32,14 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import anyio
 from prometheus_client import (
@@ -42,9 +50,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
+    make_wsgi_app,
 )
-from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.asgi import make_asgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from chancy_core import Chancy, Outcome, QueuedJob, hookimpl
@@ -60,9 +69,11 @@ __all__ = [
     "DEFAULT_BUCKETS",
     "INDEX_ENV",
     "PORT_ENV",
+    "WORKER_LABELS",
     "HistoryRow",
     "Metrics",
     "MetricsApp",
+    "endpoint_app",
     "metrics_app",
 ]
 
@@ -80,6 +91,9 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     3600.0,
 )  # fmt: skip
 """Histogram upper bounds, in seconds, for run and wait times."""
+
+WORKER_LABELS = ("hostname", "id")
+"""The values of ``Metrics(worker_label=...)``."""
 
 _TRANSIENT = TRANSIENT_ERRORS
 _RETRY_LISTEN = 30.0
@@ -143,6 +157,10 @@ class _Sample:
     depths: dict[tuple[str, str], int] = field(default_factory=dict)
     oldest: dict[str, float] = field(default_factory=dict)
     workers: int = 0
+    oldest_heartbeat: float = 0.0
+    """Seconds since the least recent heartbeat of a registered worker (0: no worker)."""
+    heartbeats: dict[str, float] = field(default_factory=dict)
+    """Heartbeat age of this process's workers, by worker id."""
     at: float = 0.0
     """``time.time()`` of the read; 0: never read."""
 
@@ -154,15 +172,15 @@ class _Collector:
         self._plugin = plugin
 
     def describe(self) -> Iterator[Metric]:
-        return self._families(_Sample(), {})
+        return self._families(_Sample(), [])
 
     def collect(self) -> Iterator[Metric]:
         plugin = self._plugin
-        running = {wid: len(w.running_jobs) for wid, w in list(plugin._workers.items())}
-        return self._families(plugin.sample, running)
+        return self._families(plugin.sample, list(plugin._workers.items()))
 
-    @staticmethod
-    def _families(sample: _Sample, running: dict[str, int]) -> Iterator[Metric]:
+    def _families(
+        self, sample: _Sample, workers_here: list[tuple[str, Worker]]
+    ) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
             "chancy_queue_depth",
             "Jobs per queue in each unfinished state (cluster-wide, sampled).",
@@ -176,6 +194,11 @@ class _Collector:
         workers = GaugeMetricFamily(
             "chancy_workers", "Workers registered in the database (cluster-wide, sampled)."
         )
+        oldest_heartbeat = GaugeMetricFamily(
+            "chancy_workers_oldest_heartbeat_age_seconds",
+            "Seconds since the least recent heartbeat of a registered worker, 0 when none"
+            " (cluster-wide, sampled).",
+        )
         sampled = GaugeMetricFamily(
             "chancy_metrics_sampled_timestamp_seconds",
             "Unix time of the last successful read of the database gauges.",
@@ -186,15 +209,32 @@ class _Collector:
             for queue, age in sorted(sample.oldest.items()):
                 oldest.add_metric((queue,), age)
             workers.add_metric((), sample.workers)
+            oldest_heartbeat.add_metric((), sample.oldest_heartbeat)
             sampled.add_metric((), sample.at)
         by_worker = GaugeMetricFamily(
             "chancy_worker_running_jobs",
             "Jobs each worker of this process is running.",
             labels=("worker",),
         )
-        for worker_id, n in sorted(running.items()):
-            by_worker.add_metric((worker_id,), n)
-        yield from (depth, oldest, workers, sampled, by_worker)
+        leader = GaugeMetricFamily(
+            "chancy_worker_is_leader",
+            "1 while the worker of this process leads (runs the leader-only tasks), else 0.",
+            labels=("worker",),
+        )
+        heartbeat = GaugeMetricFamily(
+            "chancy_worker_heartbeat_age_seconds",
+            "Seconds since the heartbeat of each worker of this process (its row's last_seen,"
+            " sampled).",
+            labels=("worker",),
+        )
+        labels = self._plugin._labels
+        for worker_id, worker in sorted(workers_here, key=lambda item: labels.get(item[0], "")):
+            label = labels.get(worker_id, worker_id)
+            by_worker.add_metric((label,), len(worker.running_jobs))
+            leader.add_metric((label,), 1 if worker.is_leader else 0)
+            if worker_id in sample.heartbeats:
+                heartbeat.add_metric((label,), sample.heartbeats[worker_id])
+        yield from (depth, oldest, workers, oldest_heartbeat, sampled, by_worker, leader, heartbeat)
 
 
 class Metrics:
@@ -215,6 +255,12 @@ class Metrics:
     :param process_metrics: also serve prometheus-client's ``process_*`` (CPU, memory,
         file descriptors) and ``python_*`` (version, garbage collector) metrics of this
         process, registered on this instance's registry.
+    :param worker_label: the ``worker`` label of the per-worker metrics. ``"hostname"``
+        (default): the worker's host name, stable across restarts, plus ``-N`` for the
+        child ``N`` of ``chancy worker start --processes`` (``$CHANCY_PROCESS_INDEX``) and
+        ``#2``, ``#3``... for a second, third worker started in one process. ``"id"``:
+        the worker's id (a random UUID unless you give ``Worker(worker_id=...)``: then
+        every restart starts new series).
     """
 
     name = "metrics"
@@ -230,6 +276,7 @@ class Metrics:
         prune_interval: float = 3600.0,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         process_metrics: bool = True,
+        worker_label: Literal["hostname", "id"] = "hostname",
     ) -> None:
         if port is FROM_ENV:
             env = os.environ.get(PORT_ENV, "").strip()
@@ -248,6 +295,11 @@ class Metrics:
             raise ConfigurationError("intervals and retention must be positive")
         if not buckets or list(buckets) != sorted(set(buckets)):
             raise ConfigurationError("buckets must be increasing upper bounds, in seconds")
+        if worker_label not in WORKER_LABELS:
+            raise ConfigurationError(
+                f"worker_label must be one of {', '.join(WORKER_LABELS)}, not {worker_label!r}"
+            )
+        self.worker_label = worker_label
         self.port: int | None = port
         self.host = host
         self.depth_interval = depth_interval
@@ -257,6 +309,9 @@ class Metrics:
         self.buckets = tuple(float(b) for b in buckets)
         self.address: tuple[str, int] | None = None
         """``(host, port)`` the endpoint listens on, once it does."""
+        self._workers: dict[str, Worker] = {}
+        #: The ``worker`` label of each worker of this process, by worker id.
+        self._labels: dict[str, str] = {}
         self.registry = CollectorRegistry()
         """This instance's metrics (prometheus-client's process-global registry is not used)."""
         self.completed = Counter(
@@ -279,6 +334,12 @@ class Metrics:
             buckets=self.buckets,
             registry=self.registry,
         )
+        self.leadership_changes = Counter(
+            "chancy_leadership_changes",
+            "Times a worker of this process became (is_leader=1) or stopped being (0) the leader.",
+            ("worker", "is_leader"),
+            registry=self.registry,
+        )
         self.sample = _Sample()
         """The last read of the database gauges (see :meth:`refresh`)."""
         self.registry.register(_Collector(self))
@@ -287,7 +348,6 @@ class Metrics:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self._minutes: dict[tuple[datetime, str, str, str], _Minute] = {}
-        self._workers: dict[str, Worker] = {}
         self._serving = False
         self._refreshing: anyio.Lock | None = None
 
@@ -297,14 +357,27 @@ class Metrics:
     def chancy_migrations(self, app: Chancy) -> MigrationSet:
         return load_migrations("metrics", "chancy_plugin_metrics.migrations")
 
+    def label_of(self, worker: Worker) -> str:
+        """The ``worker`` label of ``worker`` (see ``worker_label``), fixed at its start."""
+        found = self._labels.get(worker.worker_id)
+        if found is None:
+            found = _worker_label(worker, self.worker_label, set(self._labels.values()))
+            self._labels[worker.worker_id] = found
+        return found
+
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        self.label_of(worker)
         self._workers[worker.worker_id] = worker
         register("metrics.depths", self._sample_depths)
         register("metrics.history", self._write_history)
         register("metrics.prune", self._prune_history, leader_only=True)
         if self.port is not None:
             register("metrics.endpoint", self._serve)
+
+    @hookimpl
+    def chancy_leadership_changed(self, worker: Worker, is_leader: bool) -> None:
+        self.leadership_changes.labels(self.label_of(worker), "1" if is_leader else "0").inc()
 
     @hookimpl
     def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
@@ -372,9 +445,9 @@ class Metrics:
             await anyio.sleep(_RETRY_LISTEN)
 
     async def _serve_once(self, port: int) -> None:
-        # prometheus-client's WSGI server, in its own daemon thread, on this registry only;
-        # it reads the last database sample, never the database.
-        server, thread = _start_http_server(port, self.host, registry=self.registry)
+        # prometheus-client's WSGI app and threading server, in a daemon thread, on this
+        # registry only; it reads the last database sample, never the database.
+        server, thread = _start_server(self.host, port, self.registry)
         try:
             self.address = (self.host, int(server.server_port))
             log.info("serving metrics on http://%s:%d/metrics", *self.address)
@@ -390,8 +463,10 @@ class Metrics:
     async def refresh(self, app: Chancy) -> None:
         """Read the database gauges: depth by queue and state, oldest waiting job, workers."""
 
+        ids = sorted(self._workers)
+
         def op() -> Operation:
-            rows = yield app.schema.render(q.SELECT_GAUGES), {}
+            rows = yield app.schema.render(q.SELECT_GAUGES), {"worker_ids": ids}
             return rows
 
         rows: list[tuple[Any, ...]] = await app.execute(op())
@@ -400,9 +475,15 @@ class Metrics:
         depths: dict[tuple[str, str], int] = {}
         oldest: dict[str, float] = {}
         workers = 0
+        oldest_heartbeat = 0.0
+        heartbeats: dict[str, float] = {}
         for queue, state, count, age in rows:
             if state == "workers":
                 workers = int(count)
+                oldest_heartbeat = max(float(age or 0.0), 0.0)
+                continue
+            if state == "heartbeat":  # queue is the worker id here
+                heartbeats[queue] = max(float(age), 0.0)
                 continue
             queues.add(queue)
             depths[(queue, state)] = int(count)
@@ -412,6 +493,8 @@ class Metrics:
             depths={(qn, s): depths.get((qn, s), 0) for qn in queues for s in _DEPTH_STATES},
             oldest={qn: max(oldest.get(qn, 0.0), 0.0) for qn in queues},
             workers=workers,
+            oldest_heartbeat=oldest_heartbeat,
+            heartbeats=heartbeats,
             at=time.time(),
         )
 
@@ -441,6 +524,7 @@ class Metrics:
                 await anyio.sleep(self.depth_interval)
         finally:
             self._workers.pop(worker.worker_id, None)
+            self._labels.pop(worker.worker_id, None)
 
     # --- the history ---------------------------------------------------------------------
 
@@ -596,3 +680,74 @@ class MetricsApp:
         if self.chancy is not None:
             await self.plugin.refresh_if_stale(self.chancy)
         await self._inner(scope, receive, send)
+
+
+def _worker_label(worker: Worker, kind: str, taken: Iterable[str]) -> str:
+    """The ``worker`` label of a worker starting in this process (see ``worker_label``)."""
+    if kind == "id":
+        return worker.worker_id
+    host = next(
+        (tag.partition(":")[2] for tag in sorted(worker.tags) if tag.startswith("hostname:")),
+        "",
+    )
+    label = host or socket.gethostname()
+    index = os.environ.get(INDEX_ENV, "").strip()
+    if index:
+        label = f"{label}-{index}"
+    used = set(taken)
+    found, n = label, 1
+    while found in used:
+        n += 1
+        found = f"{label}#{n}"
+    return found
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Logs no request line (as prometheus-client's own server)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing."""
+
+
+def endpoint_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
+    """The standalone endpoint's WSGI application: prometheus-client's on ``/metrics``
+    (text or OpenMetrics by ``Accept``, gzip by ``Accept-Encoding``), ``200 ok`` on
+    ``/healthz``, ``404`` on any other path."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            status, body = "200 OK", b"ok\n"
+        else:
+            status, body = "404 Not Found", b"not found: the metrics are on /metrics\n"
+        start_response(
+            status,
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return app
+
+
+def _start_server(
+    host: str, port: int, registry: CollectorRegistry
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve :func:`endpoint_app` on ``host:port`` in a daemon thread (IPv4 or IPv6 by the
+    address, as ``prometheus_client.start_http_server``)."""
+
+    class Server(ThreadingWSGIServer):
+        pass
+
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    Server.address_family = family
+    server = make_server(
+        str(sockaddr[0]), port, endpoint_app(registry), Server, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="chancy-metrics", daemon=True)
+    thread.start()
+    return server, thread

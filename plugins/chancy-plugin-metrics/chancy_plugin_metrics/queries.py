@@ -36,7 +36,9 @@ ORDER BY bucket, queue, func, outcome
 
 # What the database gauges show, in one round trip. The waiting rows are read through the
 # fetch index (its literal IN); running rows through the running index's predicate. The
-# oldest *due* waiting job sets the age (a job scheduled for tomorrow is not late). Reads
+# oldest *due* waiting job sets the age (a job scheduled for tomorrow is not late); the
+# workers' rows give their count, the least recent heartbeat, and the heartbeat of each
+# worker of this process (``worker_ids``: its id in the queue column). Reads
 # the core's tables directly until the core has a public call for it.
 SELECT_GAUGES: LiteralString = """
 SELECT queue, state, count(*),
@@ -45,5 +47,8 @@ FROM {jobs} WHERE state IN ('pending', 'retrying') GROUP BY queue, state
 UNION ALL
 SELECT queue, state, count(*), NULL FROM {jobs} WHERE state = 'running' GROUP BY queue, state
 UNION ALL
-SELECT NULL, 'workers', count(*), NULL FROM {workers}
+SELECT NULL, 'workers', count(*), extract(epoch FROM now() - min(last_seen)) FROM {workers}
+UNION ALL
+SELECT worker_id, 'heartbeat', 1, extract(epoch FROM now() - last_seen)
+FROM {workers} WHERE worker_id = ANY(%(worker_ids)s::text[])
 """

@@ -143,7 +143,9 @@ async def test_scraped_counts_match_the_jobs_just_run(database: str, run_worker:
     assert 0.1 <= value(samples, "chancy_queue_oldest_job_age_seconds", queue="parked") < 30
     assert value(samples, "chancy_queue_oldest_job_age_seconds", queue="default") == 0
     assert value(samples, "chancy_workers") == 1
-    assert value(samples, "chancy_worker_running_jobs", worker=worker.worker_id) == 0
+    # The worker label is the host's name (stable across restarts), not the random id.
+    assert value(samples, "chancy_worker_running_jobs", worker=socket.gethostname()) == 0
+    assert worker.worker_id not in text
     assert (
         0
         < datetime.now(UTC).timestamp() - value(samples, "chancy_metrics_sampled_timestamp_seconds")
@@ -295,4 +297,57 @@ async def test_each_child_of_worker_start_processes_serves_its_own_port(database
         code = await anyio.to_thread.run_sync(lambda: parent.wait(30))
     assert code == 0
     (first,), (second,) = workers[base], workers[base + 1]
-    assert first != second  # two processes, each scraped on its own port
+    # Two processes, each scraped on its own port, labelled by host and process index.
+    host = socket.gethostname()
+    assert (first, second) == (f"{host}-0", f"{host}-1")
+
+
+async def test_worker_labels_are_stable_and_worker_gauges_follow_the_worker(
+    database: str, run_worker: RunWorker
+) -> None:
+    host = socket.gethostname()
+    seen: list[Samples] = []
+    async with Chancy(database, autoload_plugins=False) as app:
+        await app.declare(Queue("default"))
+        for _ in range(2):  # a worker process restarted: a new worker id, the same label
+            metrics = Metrics(port=None, depth_interval=0.05)
+            async with Chancy(database, autoload_plugins=False, plugins=[metrics]) as one:
+                with anyio.fail_after(30):
+                    async with run_worker(one) as worker:
+                        while worker.worker_id not in metrics.sample.heartbeats:
+                            await anyio.sleep(0.05)
+                        seen.append(parse(metrics.render()))
+                        # Leadership: every worker leads itself without a leadership plugin;
+                        # set_leader(False) (what such a plugin calls) shows at once.
+                        await worker.set_leader(False)
+                        seen.append(parse(metrics.render()))
+    first, stepped_down, again, _ = seen
+    for samples in (first, again):
+        assert value(samples, "chancy_worker_running_jobs", worker=host) == 0
+        assert value(samples, "chancy_worker_is_leader", worker=host) == 1
+        assert 0 <= value(samples, "chancy_worker_heartbeat_age_seconds", worker=host) < 30
+        assert 0 <= value(samples, "chancy_workers_oldest_heartbeat_age_seconds") < 30
+        assert value(samples, "chancy_leadership_changes_total", worker=host, is_leader="1") == 1
+        assert {dict(labels).get("worker") for _, labels in samples} <= {host, None}
+    assert value(stepped_down, "chancy_worker_is_leader", worker=host) == 0
+    assert value(stepped_down, "chancy_leadership_changes_total", worker=host, is_leader="0") == 1
+
+
+async def test_two_workers_of_one_process_and_the_id_label(
+    database: str, run_worker: RunWorker
+) -> None:
+    host = socket.gethostname()
+    by_host, by_id = Metrics(port=None), Metrics(port=None, worker_label="id")
+    async with (
+        Chancy(database, autoload_plugins=False, plugins=[by_host]) as app,
+        Chancy(database, autoload_plugins=False, plugins=[by_id]) as other,
+    ):
+        await app.declare(Queue("default"))
+        with anyio.fail_after(30):
+            async with run_worker(app), run_worker(app), run_worker(other) as third:
+                hosts = parse(by_host.render())
+                ids = parse(by_id.render())
+    running = "chancy_worker_running_jobs"
+    labels = {dict(labels)["worker"] for name, labels in hosts if name == running}
+    assert labels == {host, f"{host}#2"}  # a second worker in one process: #2
+    assert {dict(labels)["worker"] for name, labels in ids if name == running} == {third.worker_id}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -104,6 +105,21 @@ async def test_the_endpoint_serves_over_http_and_stops_with_its_task() -> None:
                 return str(response.read().decode())
 
         assert "# TYPE chancy_jobs_completed_total counter" in await anyio.to_thread.run_sync(get)
+
+        def status(path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        # Only /metrics serves the metrics; /healthz says the server is up; the rest is 404.
+        assert await anyio.to_thread.run_sync(status, "/healthz") == (200, "ok\n")
+        for path in ("/", "/metrics/", "/metricsx", "/favicon.ico", "/healthz/x"):
+            code, body = await anyio.to_thread.run_sync(status, path)
+            assert code == 404 and "chancy_" not in body, path
+        code, body = await anyio.to_thread.run_sync(status, "/metrics?format=text")
+        assert code == 200 and "chancy_jobs_completed_total" in body  # a query is no path
         tg.cancel_scope.cancel()
     assert metrics.address is None
     with pytest.raises(OSError):  # the port is closed: the server stopped with the task
@@ -133,7 +149,8 @@ def test_every_metric_is_documented_and_the_grafana_dashboard_uses_only_those() 
     readme = (PLUGIN / "README.md").read_text()
     readme = readme[readme.index("## What it measures") : readme.index("### Prometheus scrape")]
     documented = set(re.findall(r"^\| `(chancy_[a-z_]+)` \|", readme, re.MULTILINE))
-    suffixed = {f"{name}_total" if name == "chancy_jobs_completed" else name for name in exposed}
+    counters = {"chancy_jobs_completed", "chancy_leadership_changes"}
+    suffixed = {f"{name}_total" if name in counters else name for name in exposed}
     assert documented == suffixed
     dashboard = json.loads((PLUGIN / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]

@@ -41,16 +41,20 @@ Job.meta key owned: ``"workflow"``: ``{"id": workflow id, "step": name, "results
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import enum
 import json
 import logging
+import os
 import re
+import socket
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, LiteralString
@@ -60,6 +64,7 @@ import psycopg
 from psycopg import sql
 
 from chancy_core import Chancy, ChancyError, Job, QueuedJob, Reference, hookimpl
+from chancy_core.connection import PGBOUNCER_POLL_INTERVAL
 from chancy_core.errors import (
     TRANSIENT_ERRORS,
     DatabaseUnavailableError,
@@ -67,6 +72,7 @@ from chancy_core.errors import (
     SchemaMissingError,
 )
 from chancy_core.migrations import MigrationSet, load_migrations
+from chancy_core.worker.listener import ListenerStalled, parse_ping, ping_payload
 from chancy_plugin_workflow import queries as q
 
 if TYPE_CHECKING:
@@ -77,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_STEPS",
     "META_KEY",
+    "PING_INTERVAL",
     "StepContext",
     "StepInfo",
     "StepState",
@@ -562,50 +569,222 @@ def _waited_too_long(wid: str, timeout: float | None, info: WorkflowInfo | None)
     return TimeoutError(f"workflow {wid} did not finish within {timeout}s{progress}")
 
 
-_AWAY = (psycopg.OperationalError, DatabaseUnavailableError)
+_AWAY = (psycopg.OperationalError, DatabaseUnavailableError, ListenerStalled)
+
+PING_INTERVAL = 5.0
+"""How often (seconds) a waiter proves its LISTEN connection alive, by default (the
+worker's default ``heartbeat_interval``, as the worker's listener)."""
+
+
+def _ping_op(app: Chancy, payload: str) -> Operation:
+    yield app.schema.render(q.NOTIFY), {"channel": _channel(app), "payload": payload}
+
+
+class _Waiting:
+    """The state of one wait (:func:`wait_for_workflow` or its sync twin; they differ only
+    in how they do I/O): the deadline, when to read again, and the LISTEN connection's
+    proof of life.
+
+    Like the worker's listener (``chancy_core.worker.listener``), the waiter sends a ping
+    (:func:`~chancy_core.worker.listener.ping_payload`, a NOTIFY on the workflows'
+    channel through the app's pool) every ``ping_interval`` seconds and expects it back
+    on its own connection within ``2 * ping_interval + call_timeout`` seconds; when it
+    does not come (a half-open connection, or one whose LISTEN was lost), the waiter
+    drops the connection and reconnects. A ping that cannot be sent proves nothing and
+    is not held against the connection. Each read is bounded by ``call_timeout``."""
+
+    def __init__(
+        self,
+        app: Chancy,
+        workflow_id: str,
+        timeout: float | None,
+        interval: float,
+        ping_interval: float,
+    ) -> None:
+        if not ping_interval > 0:
+            raise ValueError(f"ping_interval must be > 0 seconds, not {ping_interval!r}")
+        self.app = app
+        self.wid = str(_workflow_id(workflow_id))
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        #: Whether LISTEN works (not behind PgBouncer without a listen_dsn): else poll.
+        self.listens = app.notifications
+        self.interval = interval if self.listens else min(interval, PGBOUNCER_POLL_INTERVAL)
+        self.listen = sql.SQL("LISTEN {}").format(sql.Identifier(_channel(app)))
+        self.ping_interval = ping_interval
+        self.echo_timeout = 2 * ping_interval + app.call_timeout
+        self.sender = f"wait_for_workflow:{uuid.uuid4().hex}"
+        self.info: WorkflowInfo | None = None
+        self._sent = 0
+        #: The ping waiting for its echo, and when it was sent (one at a time).
+        self._outstanding: tuple[int, float] | None = None
+        self._next_ping = 0.0
+        self._next_read = 0.0
+        #: How many times a connection was found stalled and replaced.
+        self.stalls = 0
+
+    def connected(self) -> None:
+        """A new LISTEN connection: pings sent to the old one are not held against it,
+        and the workflow is read at once (notifications may have been missed)."""
+        self._outstanding = None
+        self._next_ping = time.monotonic() + self.ping_interval
+        self._next_read = 0.0
+
+    def read_due(self) -> bool:
+        """Whether to read the workflow now (a notification about it came, a new
+        connection, or ``interval`` seconds since the last read)."""
+        return time.monotonic() >= self._next_read
+
+    def read_limit(self) -> float:
+        """How long the next connect-and-read may take (``call_timeout``, or less before
+        the deadline)."""
+        limit = self.app.call_timeout
+        if self.deadline is not None:
+            limit = max(0.05, min(limit, self.deadline - time.monotonic()))
+        return limit
+
+    def too_slow(self) -> DatabaseUnavailableError:
+        """The error of a read that outlasted :meth:`read_limit`."""
+        return DatabaseUnavailableError(
+            f"no answer within {self.app.call_timeout:g}s (call_timeout); reconnecting"
+        )
+
+    def finished(self, info: WorkflowInfo) -> bool:
+        """Record what was read; whether the workflow is final."""
+        self.info = info
+        self._next_read = time.monotonic() + self.interval
+        return info.done
+
+    def check_alive(self) -> None:
+        """Raise :class:`ListenerStalled` if the last ping's echo is overdue."""
+        if self._outstanding is not None:
+            _, sent_at = self._outstanding
+            if time.monotonic() - sent_at > self.echo_timeout:
+                self.stalls += 1
+                raise ListenerStalled(
+                    f"its own ping did not come back within {self.echo_timeout:.1f}s (a"
+                    " half-open connection?)"
+                )
+
+    def ping(self) -> str | None:
+        """The payload of the ping to send now, or ``None`` (none due, one already
+        waiting for its echo, or no LISTEN)."""
+        now = time.monotonic()
+        if not self.listens or self._outstanding is not None or now < self._next_ping:
+            return None
+        self._next_ping = now + self.ping_interval
+        self._sent += 1
+        return ping_payload(self.sender, self._sent)
+
+    def ping_sent(self, payload: str) -> None:
+        """The ping was sent: its echo is now expected."""
+        found = parse_ping(payload)
+        if found is not None:
+            self._outstanding = (found[1], time.monotonic())
+
+    def heard(self, payload: str) -> bool:
+        """Whether a notification is about this workflow (a ping echo is recorded)."""
+        found = parse_ping(payload)
+        if found is not None:
+            sender, n = found
+            if (
+                sender == self.sender
+                and self._outstanding is not None
+                and n >= self._outstanding[0]
+            ):
+                self._outstanding = None
+            return False
+        if self.wid in payload:
+            self._next_read = 0.0
+            return True
+        return False
+
+    def wait_time(self) -> float:
+        """How long to wait for a notification before reading again (the poll interval,
+        the next ping or echo deadline, the caller's deadline); raises
+        :class:`TimeoutError` once the deadline has passed."""
+        now = time.monotonic()
+        wait = max(self._next_read - now, 0.0)
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - now)
+            if wait <= 0:
+                raise _waited_too_long(self.wid, self.timeout, self.info)
+        if self.listens:
+            due = self._next_ping
+            if self._outstanding is not None:
+                due = self._outstanding[1] + self.echo_timeout + 0.01
+            wait = min(wait, max(due - now, 0.0))
+        return wait
+
+    def pause(self, exc: BaseException, what: str) -> float:
+        """The database is away (or the connection stalled): log it, and return how long
+        to sleep before reconnecting; raises :class:`TimeoutError` past the deadline."""
+        log.warning("%s: database unavailable (%s: %s); retrying", what, type(exc).__name__, exc)
+        pause = min(self.interval, 1.0)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise _waited_too_long(self.wid, self.timeout, self.info) from exc
+            pause = min(pause, left)
+        return pause
 
 
 async def wait_for_workflow(
-    app: Chancy, workflow_id: str, *, timeout: float | None = None, interval: float = 1.0
+    app: Chancy,
+    workflow_id: str,
+    *,
+    timeout: float | None = None,
+    interval: float = 1.0,
+    ping_interval: float = PING_INTERVAL,
 ) -> WorkflowInfo:
     """Wait until the workflow is in a final state, and return it.
 
-    Woken by a notification when it ends; checks every ``interval`` seconds in case a
-    notification is lost, and reconnects if the database goes away. Raises
-    :class:`TimeoutError` after ``timeout`` seconds, :class:`WorkflowNotFoundError` if it
-    does not exist."""
-    wid = str(_workflow_id(workflow_id))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    listen = sql.SQL("LISTEN {}").format(sql.Identifier(_channel(app)))
+    Woken by a notification when it ends; reads it every ``interval`` seconds in case a
+    notification is lost (every 0.2 s at most when notifications cannot work: behind
+    PgBouncer without ``listen_dsn``), and reconnects if the database goes away, a read
+    gets no answer within ``call_timeout``, or the LISTEN connection does not echo its
+    own ping (sent every ``ping_interval`` seconds) in time. Raises
+    :class:`TimeoutError` after ``timeout`` seconds, :class:`WorkflowNotFoundError` if
+    it does not exist."""
+    w = _Waiting(app, workflow_id, timeout, interval, ping_interval)
     conn: psycopg.AsyncConnection[Any] | None = None
-    info: WorkflowInfo | None = None
     try:
         while True:
             try:
-                if conn is None or conn.closed:
-                    conn = await app.connect()
-                    await conn.execute(listen)
-                info = await _arun(app, conn, _get_op(app, wid))
+                if conn is None or conn.closed or w.read_due():
+                    with anyio.move_on_after(w.read_limit()) as scope:
+                        if conn is None or conn.closed:
+                            conn = await app.connect()
+                            if w.listens:
+                                await conn.execute(w.listen)
+                            w.connected()
+                        info: WorkflowInfo = await _arun(app, conn, _get_op(app, w.wid))
+                    if scope.cancelled_caught:
+                        raise w.too_slow()
+                    if w.finished(info):
+                        return info
+                w.check_alive()
+                payload = w.ping()
+                if payload is not None:
+                    try:
+                        await app.execute(_ping_op(app, payload))
+                    except Exception as exc:
+                        log.debug("wait_for_workflow: could not send its ping (%s)", exc)
+                    else:
+                        w.ping_sent(payload)
             except _AWAY as exc:
-                log.warning("wait_for_workflow: database unavailable (%s); retrying", exc)
                 if conn is not None:
                     await conn.close()
                 conn = None
-                if deadline is not None and time.monotonic() > deadline:
-                    raise _waited_too_long(wid, timeout, info) from exc
-                await anyio.sleep(min(interval, 1.0))
+                await anyio.sleep(w.pause(exc, "wait_for_workflow"))
                 continue
-            assert info is not None
-            if info.done:
-                return info
-            wait = interval
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    raise _waited_too_long(wid, timeout, info)
+            wait = w.wait_time()
+            if not w.listens or conn is None:
+                await anyio.sleep(wait)
+                continue
             try:
                 async for note in conn.notifies(timeout=wait):
-                    if wid in note.payload:
+                    if w.heard(note.payload):
                         break
             except psycopg.OperationalError:
                 await conn.close()
@@ -615,42 +794,83 @@ async def wait_for_workflow(
             await conn.close()
 
 
+@contextlib.contextmanager
+def _cut_after(conn: psycopg.Connection[Any], seconds: float) -> Iterator[threading.Event]:
+    """Shut ``conn``'s socket down if the block outlasts ``seconds`` (a blocking read
+    cannot be cancelled otherwise); the event says whether it was cut."""
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with contextlib.suppress(OSError, ValueError):
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.close()
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
+
+
 def sync_wait_for_workflow(
-    app: Chancy, workflow_id: str, *, timeout: float | None = None, interval: float = 1.0
+    app: Chancy,
+    workflow_id: str,
+    *,
+    timeout: float | None = None,
+    interval: float = 1.0,
+    ping_interval: float = PING_INTERVAL,
 ) -> WorkflowInfo:
     """Sync twin of :func:`wait_for_workflow`."""
-    wid = str(_workflow_id(workflow_id))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    listen = sql.SQL("LISTEN {}").format(sql.Identifier(_channel(app)))
+    w = _Waiting(app, workflow_id, timeout, interval, ping_interval)
     conn: psycopg.Connection[Any] | None = None
-    info: WorkflowInfo | None = None
     try:
         while True:
             try:
+                fresh = conn is None or conn.closed
                 if conn is None or conn.closed:
                     conn = app.sync_connect()
-                    conn.execute(listen)
-                info = _srun(app, conn, _get_op(app, wid))
+                if fresh or w.read_due():
+                    with _cut_after(conn, w.read_limit()) as cut:
+                        try:
+                            if fresh:
+                                if w.listens:
+                                    conn.execute(w.listen)
+                                w.connected()
+                            info: WorkflowInfo = _srun(app, conn, _get_op(app, w.wid))
+                        except psycopg.OperationalError as exc:
+                            if cut.is_set():
+                                raise w.too_slow() from exc
+                            raise
+                    if w.finished(info):
+                        return info
+                w.check_alive()
+                payload = w.ping()
+                if payload is not None:
+                    try:
+                        app.sync_execute(_ping_op(app, payload))
+                    except Exception as exc:
+                        log.debug("sync_wait_for_workflow: could not send its ping (%s)", exc)
+                    else:
+                        w.ping_sent(payload)
             except _AWAY as exc:
-                log.warning("sync_wait_for_workflow: database unavailable (%s); retrying", exc)
                 if conn is not None:
                     conn.close()
                 conn = None
-                if deadline is not None and time.monotonic() > deadline:
-                    raise _waited_too_long(wid, timeout, info) from exc
-                time.sleep(min(interval, 1.0))
+                time.sleep(w.pause(exc, "sync_wait_for_workflow"))
                 continue
-            assert info is not None
-            if info.done:
-                return info
-            wait = interval
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    raise _waited_too_long(wid, timeout, info)
+            wait = w.wait_time()
+            if not w.listens or conn is None:
+                time.sleep(wait)
+                continue
             try:
                 for note in conn.notifies(timeout=wait):
-                    if wid in note.payload:
+                    if w.heard(note.payload):
                         break
             except psycopg.OperationalError:
                 conn.close()

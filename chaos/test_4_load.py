@@ -200,6 +200,8 @@ async def test_claiming_stays_fast_with_a_million_pending_jobs(
     name = "4. load"
     pending = mode.pick(1_000_000, 200_000)
     label = f"{pending:,} pending"
+    async with Chancy(database, autoload_plugins=False, max_connections=1) as app:
+        await app.declare(Queue("big", concurrency=100, polling_interval=0.5))  # claims read it
     conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
     async with conn:
         began = time.monotonic()
@@ -218,7 +220,6 @@ async def test_claiming_stays_fast_with_a_million_pending_jobs(
 
     # A real worker on that queue: how many jobs a second it claims, runs and completes.
     async with Chancy(database, autoload_plugins=False, max_connections=2) as app:
-        await app.declare(Queue("big", concurrency=100, polling_interval=0.5))
         worker = h.WorkerProcess(h.worker_config(database, "big", shutdown_timeout=10.0), tmp_path)
         fleet.append(worker)
         await h.wait_registered(database, [worker.worker_id])
@@ -239,7 +240,6 @@ async def test_claiming_stays_fast_with_a_million_pending_jobs(
         )
         worker.terminate()
         code = await worker.wait(20)
-        await app.pause_queue("big")
     rate = (end_count - start_count) / window
     after = await _claim_latencies(database, 200, 10)
 

@@ -375,8 +375,8 @@ def test_declaring_something_that_is_not_a_queue_raises_configuration_error(shar
 def stored_row(app: Chancy, ref: object, *, time_zone: str = "UTC") -> tuple[Any, ...]:
     """``(kwargs, meta, kwargs->>'a', scheduled_at)`` of a job as PostgreSQL has it, read
     with plain psycopg (not chancy's loaders) in a session of ``time_zone``."""
-    with psycopg.connect(app.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("SET TIME ZONE {}").format(sql.Literal(time_zone)))
+    with psycopg.connect(app.dsn) as conn:  # one transaction: SET LOCAL (also behind PgBouncer)
+        conn.execute(sql.SQL("SET LOCAL TIME ZONE {}").format(sql.Literal(time_zone)))
         row = conn.execute(
             app.schema.compose(
                 "SELECT kwargs, meta, kwargs->>'a', scheduled_at FROM {jobs} WHERE id = %s"
@@ -405,8 +405,10 @@ def test_scheduled_at_at_the_edges_of_the_storable_range_is_stored_and_read_back
     got = shared_app.sync_get_job(ref)
     assert got is not None
     assert got.scheduled_at == at
-    for zone in ("UTC", "Etc/GMT+12", "Etc/GMT-14"):  # POSIX signs: UTC-12, UTC+14
-        assert stored_row(shared_app, ref, time_zone=zone)[3] == at, zone
+    for zone, hours in (("UTC", 0), ("Etc/GMT+12", -12), ("Etc/GMT-14", 14)):  # POSIX signs
+        read = stored_row(shared_app, ref, time_zone=zone)[3]
+        assert read == at, zone
+        assert read.utcoffset() == timedelta(hours=hours), zone  # read in that zone
 
 
 # What to_json's documented rule lets through: text that only looks like a NUL escape

@@ -186,6 +186,18 @@ def bench(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=PYTHON, tags=["test"])
+def bench_smoke(session: nox.Session) -> None:
+    """The benchmark harness's smoke test with our adapter (benchmarks/tests): its counting
+    queries count what they claim on a 200-job run. No peers needed; check theirs with
+    `python3 dev.py -s bench -- --smoke` (or any `--quick` run), which builds their venvs."""
+    deployed = ("chancy-plugin-recovery", "chancy-plugin-pruner", "chancy-plugin-leadership")
+    session.install("-e", ".[dev,embedded]", *[f"-e{plugin_path(p)}" for p in deployed])
+    session.run(
+        "pytest", "benchmarks/tests", "-p", "chancy_core.testing", "-m", "bench", *session.posargs
+    )
+
+
 @nox.session(python=PYTHON)
 def chaos(session: nox.Session) -> None:
     """The chaos suite: faults, load, hostile input (chaos/README.md); `-- --short` for CI."""

@@ -191,6 +191,77 @@ async def watch(
         await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
 
 
+SMOKE_SINGLE = 10  # of the smoke phase's jobs, pushed one at a time (the rest in bulk)
+SMOKE_BATCH = 50  # the smoke phase's bulk batch size (several batches for 200 jobs)
+
+
+async def counts(conn: psycopg.AsyncConnection[Any], adapter: Adapter) -> tuple[int, int, int]:
+    """``(waiting, unfinished, succeeded)`` from one snapshot (``conn`` is ``REPEATABLE
+    READ``), so that the adapter's two queries see the same jobs."""
+    async with conn.transaction():
+        waiting, unfinished = await fetch_row(conn, adapter.PROGRESS_SQL)
+        (succeeded,) = await fetch_row(conn, adapter.SUCCEEDED_SQL)
+    return waiting, unfinished, succeeded
+
+
+async def phase_smoke(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
+    """Check that the adapter's ``PROGRESS_SQL`` and ``SUCCEEDED_SQL`` count what they claim,
+    on ``--jobs`` jobs (200 is plenty; nothing is timed):
+
+    * an empty queue counts ``(0, 0)`` and 0 succeeded;
+    * after ``enqueue_bulk`` and ``push_one`` (``SMOKE_SINGLE`` of them), every job is
+      waiting and unfinished, none succeeded;
+    * while one worker runs them, every snapshot has ``waiting <= unfinished`` and
+      ``unfinished + succeeded == jobs`` (a no-op job is either unfinished or succeeded);
+    * at the end ``(0, 0)`` and ``jobs`` succeeded.
+
+    Returns how many snapshots were taken and how many of them caught the run midway."""
+    n = args.jobs
+    if n <= SMOKE_SINGLE:
+        raise PhaseError(f"the smoke phase needs more than {SMOKE_SINGLE} jobs")
+    await prepare(adapter, args)
+    problems: list[str] = []
+
+    def expect(what: str, got: tuple[int, int, int], wanted: tuple[int, int, int]) -> None:
+        if got != wanted:
+            problems.append(f"{what}: (waiting, unfinished, succeeded) = {got}, expected {wanted}")
+
+    snapshots = midway = 0
+    async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        expect("empty", await counts(conn, adapter), (0, 0, 0))
+        async with adapter.connect(args.dsn) as client:
+            await client.enqueue_bulk(n - SMOKE_SINGLE, SMOKE_BATCH)
+            expect(
+                "after enqueue_bulk", await counts(conn, adapter), (n - SMOKE_SINGLE,) * 2 + (0,)
+            )
+            for i in range(n - SMOKE_SINGLE, n):
+                await client.push_one(i)
+        expect("after push_one", await counts(conn, adapter), (n, n, 0))
+        deadline = time.monotonic() + args.deadline
+        with workers(args.system, args.dsn, args.config, 1) as procs:
+            while True:
+                waiting, unfinished, succeeded = await counts(conn, adapter)
+                snapshots += 1
+                midway += 0 < unfinished < n
+                if not 0 <= waiting <= unfinished or unfinished + succeeded != n:
+                    problems.append(
+                        f"midway: waiting {waiting}, unfinished {unfinished}, succeeded"
+                        f" {succeeded} of {n} jobs"
+                    )
+                if unfinished == 0 or problems:
+                    break
+                if procs[0].poll() is not None:
+                    raise PhaseError(f"the worker exited; {unfinished} of {n} jobs unfinished")
+                if time.monotonic() > deadline:
+                    raise PhaseError(f"timeout; {unfinished} of {n} jobs unfinished")
+                await asyncio.sleep(0.005)
+        expect("at the end", await counts(conn, adapter), (0, 0, n))
+    if problems:
+        raise PhaseError("; ".join(problems[:3]))
+    return {"ok": True, "snapshots": snapshots, "midway": midway}
+
+
 async def wait_for_lines(path: Path, count: int, timeout: float) -> None:
     """Wait until the probe file holds ``count`` lines, checking every millisecond."""
     give_up = time.monotonic() + timeout
@@ -242,6 +313,7 @@ PHASES = {
     "single": phase_single,
     "process": phase_process,
     "latency": phase_latency,
+    "smoke": phase_smoke,
 }
 
 

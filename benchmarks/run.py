@@ -60,6 +60,8 @@ CEILING_DB = "bench_ceiling"
 CEILING_CLIENTS = 4
 CEILING_BATCHES = (1, 100)
 MIN_STEP_SECONDS = 15.0  # a step is skipped when less than this is left of the time limit
+#: Jobs of the smoke check (``--smoke``, and first in every ``--quick`` run).
+SMOKE_JOBS = 200
 
 
 @dataclass
@@ -290,7 +292,7 @@ def run_phase(step: Step, args: argparse.Namespace, clock: Clock) -> dict[str, A
         *("--jobs", str(step.jobs), "--workers", str(step.workers)),
         *("--deadline", str(deadline), "--settle", str(args.settle)),
         *("--samples", str(args.latency_samples), "--config", json.dumps(step.config)),
-        *("--dsn", database_dsn(args.dsn_base, f"bench_{system.name}")),
+        *("--dsn", database_dsn(args.dsn_base, f"{args.db_prefix}{system.name}")),
         *("--admin-dsn", database_dsn(args.dsn_base, "postgres")),
     ]
     code, stdout = run_bounded(command, timeout, LOGS_DIR / f"{system.name}.log")
@@ -390,6 +392,8 @@ def summarize(figures: dict[str, Any]) -> str:
     """One run's figures as a short progress text."""
     if "error" in figures:
         return f"FAILED: {figures['error']}"
+    if "snapshots" in figures:
+        return f"counts ok ({figures['snapshots']} snapshots, {figures['midway']} midway)"
     if "p50_ms" in figures:
         return ", ".join(f"{p} {figures[f'{p}_ms']:.1f} ms" for p in ("p50", "p95", "p99"))
     if "jobs_per_s" in figures:
@@ -636,6 +640,12 @@ def parse_args() -> argparse.Namespace:
         "--dsn-base", default=DEFAULT_DSN_BASE, help="server URL without a database name"
     )
     parser.add_argument(
+        "--db-prefix",
+        default="bench_",
+        help="each system's database is <prefix><system>, dropped and re-created for every"
+        " phase (default bench_): give runs sharing a server different prefixes",
+    )
+    parser.add_argument(
         "--time-limit", type=float, default=14400.0, help="hard bound on the whole run, seconds"
     )
     parser.add_argument(
@@ -646,6 +656,13 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="smoke run: 10000 jobs, 1000 single pushes, 1 repeat, 50 latency samples, 1 s"
         " settle, 5 s of pgbench; writes results/quick*.json",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"only check that each adapter's PROGRESS_SQL and SUCCEEDED_SQL count what they"
+        f" claim, on {SMOKE_JOBS} jobs (harness.py phase --phase smoke; every --quick run does"
+        " it first); exits 1 if one does not; writes no report",
     )
     parser.add_argument(
         "--reinstall", action="store_true", help="pip install into every venv again"
@@ -829,6 +846,20 @@ def main() -> None:
         log(clock, f"{system.name}: {system.status} {system.versions or ''}".rstrip())
     ready = [system for system in systems if system.status == "ok"]
     common = {s.name: s.config({"concurrency": args.concurrency}) for s in systems}
+    smoke: dict[str, dict[str, Any]] = {}
+    if args.smoke or args.quick:
+        for system in ready:
+            step = Step(system, "smoke", "smoke", 1, common[system.name], SMOKE_JOBS)
+            smoke[system.name] = figures = run_phase(step, args, clock)
+            log(clock, f"{system.name:16} {'smoke':16}: {summarize(figures)}")
+            if "error" in figures:
+                system.status = f"smoke check failed: {figures['error']}"
+        ready = [system for system in ready if system.status == "ok"]
+    if args.smoke:
+        failed = [s for s in systems if s.status != "ok"]
+        for system in failed:
+            print(f"{system.name}: {system.status}")
+        raise SystemExit(1 if failed else 0)
     best, best_source = best_configs(systems, args)
     blocks = sweep_blocks(ready, args) if args.sweep else table_blocks(ready, args, common, best)
     runs, ceiling_runs, schedule = run_blocks(blocks, args, clock, rng)
@@ -853,6 +884,8 @@ def main() -> None:
             if name == system.name
         }
         entry: dict[str, Any] = {"status": system.status, "versions": system.versions}
+        if system.name in smoke:
+            entry["smoke"] = smoke[system.name]
         if args.sweep:
             tried = []
             for index, overrides in enumerate(system.sweep):

@@ -100,11 +100,6 @@ def test_invalid_limit_type_raises_invalid_job_error_naming_the_valid_types():
         Limit("cpu", 5)  # type: ignore[arg-type]
 
 
-def test_scheduled_at_at_the_edges_of_the_storable_range_is_accepted():
-    Job(func="m.f", scheduled_at=datetime(1, 1, 2, tzinfo=UTC))
-    Job(func="m.f", scheduled_at=datetime(9999, 12, 30, tzinfo=UTC))
-
-
 # --- JSON values ------------------------------------------------------------------------------
 
 
@@ -152,20 +147,6 @@ def test_circular_value_is_refused():
     loop.append(loop)
     with pytest.raises(ValueError, match="Circular reference"):
         to_json({"a": loop})
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        {"a": "\\u0000"},  # the six characters \u0000, not a NUL
-        {"a": "\\\\u0000"},
-        {"a": "😀 ü \u2028"},
-        {"a": [1, 2.5, None, True, {"b": []}]},
-        {},
-    ],
-)
-def test_storable_value_is_accepted(value):
-    to_json(value)
 
 
 # --- Queue fields --------------------------------------------------------------------------
@@ -389,6 +370,72 @@ def test_getting_a_job_by_a_malformed_reference_raises_job_not_found(shared_app,
 def test_declaring_something_that_is_not_a_queue_raises_configuration_error(shared_app):
     with pytest.raises(ConfigurationError, match="takes a Queue"):
         shared_app.sync_declare("default")  # type: ignore[arg-type]
+
+
+def stored_row(app: Chancy, ref: object, *, time_zone: str = "UTC") -> tuple[Any, ...]:
+    """``(kwargs, meta, kwargs->>'a', scheduled_at)`` of a job as PostgreSQL has it, read
+    with plain psycopg (not chancy's loaders) in a session of ``time_zone``."""
+    with psycopg.connect(app.dsn) as conn:  # one transaction: SET LOCAL (also behind PgBouncer)
+        conn.execute(sql.SQL("SET LOCAL TIME ZONE {}").format(sql.Literal(time_zone)))
+        row = conn.execute(
+            app.schema.compose(
+                "SELECT kwargs, meta, kwargs->>'a', scheduled_at FROM {jobs} WHERE id = %s"
+            ),
+            (uuid.UUID(str(ref)),),
+        ).fetchone()
+    assert row is not None, f"job {ref} was not written"
+    return tuple(row)
+
+
+# The storable range's edges (job.py's _EARLIEST and _LATEST), also written with offsets.
+SCHEDULED_EDGES = [
+    datetime(1, 1, 2, tzinfo=UTC),
+    datetime(1, 1, 2, 5, tzinfo=timezone(timedelta(hours=5))),
+    datetime(9999, 12, 30, tzinfo=UTC),
+    datetime(9999, 12, 29, 19, tzinfo=timezone(timedelta(hours=-5))),
+]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("at", SCHEDULED_EDGES, ids=str)
+def test_scheduled_at_at_the_edges_of_the_storable_range_is_stored_and_read_back(shared_app, at):
+    """Stored exactly, and readable back as a datetime in any session time zone (the
+    edges are a day inside Python's range so that UTC-12 and UTC+14 still fit)."""
+    ref = shared_app.sync_push(Job(func="m.f", scheduled_at=at))
+    got = shared_app.sync_get_job(ref)
+    assert got is not None
+    assert got.scheduled_at == at
+    for zone, hours in (("UTC", 0), ("Etc/GMT+12", -12), ("Etc/GMT-14", 14)):  # POSIX signs
+        read = stored_row(shared_app, ref, time_zone=zone)[3]
+        assert read == at, zone
+        assert read.utcoffset() == timedelta(hours=hours), zone  # read in that zone
+
+
+# What to_json's documented rule lets through: text that only looks like a NUL escape
+# (the six characters \u0000, which jsonb keeps as text), escaped backslashes, non-ASCII
+# and line separators. A real NUL ("\x00", or \u0000 after an even number of backslashes
+# in the JSON text) is refused instead: NON_JSON above, which writes nothing.
+STORABLE = [
+    {"a": "\\u0000"},  # the six characters \u0000, not a NUL
+    {"a": "\\\\u0000"},  # a backslash, then the six characters
+    {"a": "x\\u0000y", "\\u0000": 1},
+    {"a": "😀 ü \u2028"},
+    {"a": [1, 2.5, None, True, {"b": []}]},
+    {},
+]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("value", STORABLE, ids=repr)
+def test_storable_value_is_stored_and_read_back_identically(shared_app, value):
+    ref = shared_app.sync_push(Job(func="m.f", kwargs=value, meta=value))
+    got = shared_app.sync_get_job(ref)
+    assert got is not None
+    assert (got.kwargs, got.meta) == (value, value)
+    kwargs, meta, a, _ = stored_row(shared_app, ref)
+    assert (kwargs, meta) == (value, value)
+    if isinstance(value.get("a"), str):  # the server's own text of it, too
+        assert a == value["a"]
 
 
 # --- property: any push either round-trips exactly or fails cleanly ------------------------

@@ -92,6 +92,22 @@ def test_an_unreachable_database_is_reported_with_the_password_masked(capsys):
     assert "cannot connect" in err and "s3cret" not in err and "***" in err
 
 
+def test_a_missing_database_says_create_it_in_one_line(postgres_dsn, capsys):
+    from chancy_core.testing import dsn_for_database
+
+    dsn = dsn_for_database(postgres_dsn, "chancy_nu_no_such_database")
+    status, _, err = run(capsys, "--dsn", dsn, "-q", "job", "list")
+    assert status == 1 and err.count("\n") == 1, err
+    assert 'database "chancy_nu_no_such_database" does not exist. Create the database' in err
+    assert "createdb" in err and "PostgreSQL is running" not in err
+
+
+def test_a_closed_port_is_one_sentence_per_reason(capsys):
+    status, _, err = run(capsys, "--dsn", "postgresql://u@127.0.0.1:1/x", "-q", "queue", "list")
+    assert status == 1 and err.count("\n") == 1, err
+    assert "?." not in err and "Check that PostgreSQL is running" in err
+
+
 def test_plugins_lists_nothing_when_discovery_is_off(capsys, monkeypatch):
     monkeypatch.setenv("CHANCY_DISABLE_PLUGIN_AUTOLOAD", "1")
     status, out, _ = run(capsys, "plugins")
@@ -183,3 +199,22 @@ def test_check_fails_on_a_database_that_was_never_migrated(postgres_dsn, capsys)
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.mark.parametrize(
+    ("detail", "advice"),
+    [
+        ('failed: FATAL:  role "bob" does not exist', "Create the role (createuser -h db bob)"),
+        ("failed: FATAL:  password authentication failed for user", "Check the password"),
+        ("failed to resolve host 'db': Name or service not known", "Check the host name"),
+        ("failed: FATAL:  sorry, too many clients already", "max_connections"),
+        ("failed: Connection refused\n\tIs the server running?", "PostgreSQL is running"),
+    ],
+)
+def test_cannot_connect_message_gives_the_advice_that_fits(detail, advice):
+    from chancy_core.connection import cannot_connect_message
+
+    text = cannot_connect_message(
+        "postgresql://bob:pw@db/app", "postgresql://bob:***@db/app", detail
+    )
+    assert advice in text and "\n" not in text and "pw" not in text

@@ -70,6 +70,7 @@ __all__ = [
     "job_from_arguments",
     "load_app",
     "main",
+    "show",
 ]
 
 Handler = Callable[[Chancy, argparse.Namespace], Awaitable[int]]
@@ -125,13 +126,32 @@ _WHOLE = {"ID", "WORKER", "DUE (UTC)", "STATE", "TRIES", "PRIO", "PID", "HEARTBE
 _MIN = {"QUEUE": 7, "FUNC": 16, "LAST ERROR": 12}
 
 
-def _table(*columns: str) -> Table:
+def show(
+    args: argparse.Namespace,
+    data: Any,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    empty: str,
+) -> int:
+    """Print ``data`` as JSON with ``--json``, else ``rows`` as a table under ``columns``
+    (rich markup allowed), or the line ``empty`` on stderr when there are none. Returns
+    :data:`EXIT_OK`. Plugins' listing commands use it too."""
+    if getattr(args, "json", False):
+        _print_json(data)
+        return EXIT_OK
+    if not rows:
+        print(empty, file=sys.stderr)
+        return EXIT_OK
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in columns:
         table.add_column(
             column, overflow="fold", no_wrap=column in _WHOLE, min_width=_MIN.get(column)
         )
-    return table
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+    return EXIT_OK
 
 
 _STATE_STYLE = {
@@ -490,15 +510,11 @@ async def _check(app: Chancy, args: argparse.Namespace) -> int:
 
 def _report_checks(checks: list[dict[str, Any]], args: argparse.Namespace) -> int:
     ok = all(c["ok"] for c in checks)
-    if args.json:
-        _print_json({"ok": ok, "checks": checks})
-    else:
-        table = _table("CHECK", "", "DETAIL")
-        for c in checks:
-            table.add_row(
-                c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAIL[/]", c["detail"]
-            )
-        _console().print(table)
+    rows = [
+        (c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAIL[/]", c["detail"])
+        for c in checks
+    ]
+    show(args, {"ok": ok, "checks": checks}, ("CHECK", "", "DETAIL"), rows, empty="no checks")
     return EXIT_OK if ok else EXIT_ERROR
 
 
@@ -566,16 +582,8 @@ def _job_json(job: QueuedJob) -> dict[str, Any]:
 
 async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
     page = await app.list_jobs(limit=args.limit, cursor=args.cursor, **_filter_of(args))
-    if args.json:
-        _print_json({"jobs": [_job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
-        return EXIT_OK
-    if not page.jobs:
-        print("no jobs match", file=sys.stderr)
-        return EXIT_OK
-    table = _table("ID", "QUEUE", "FUNC", "STATE", "TRIES", "PRIO", "DUE (UTC)", "LAST ERROR")
-    for job in page.jobs:
-        last = job.errors[-1]["traceback"].strip().splitlines()[-1] if job.errors else ""
-        table.add_row(
+    rows = [
+        (
             job.id,
             job.queue,
             job.func,
@@ -583,10 +591,20 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
             f"{job.attempts}/{job.max_attempts}",
             str(job.priority),
             job.scheduled_at.astimezone(UTC).strftime("%m-%d %H:%M:%S"),
-            last[:80],
+            (job.errors[-1]["traceback"].strip().splitlines() or [""])[-1][:80]
+            if job.errors
+            else "",
         )
-    _console().print(table)
-    if page.next_cursor:
+        for job in page.jobs
+    ]
+    show(
+        args,
+        {"jobs": [_job_json(j) for j in page.jobs], "next_cursor": page.next_cursor},
+        ("ID", "QUEUE", "FUNC", "STATE", "TRIES", "PRIO", "DUE (UTC)", "LAST ERROR"),
+        rows,
+        empty="no jobs match",
+    )
+    if page.next_cursor and not args.json:
         print(f"more: chancy job list ... --cursor {page.next_cursor}", file=sys.stderr)
     return EXIT_OK
 
@@ -935,25 +953,11 @@ async def _queue_update(app: Chancy, args: argparse.Namespace) -> int:
 
 
 async def _queue_list(app: Chancy, args: argparse.Namespace) -> int:
-    stats = [s for s in await app.queue_stats() if s.queue is not None]
-    if args.json:
-        _print_json([_queue_json(s.queue, s) for s in stats if s.queue is not None])
-        return EXIT_OK
-    if not stats:
-        print("no queues declared (declare one: chancy queue declare NAME)", file=sys.stderr)
-        return EXIT_OK
-    table = _table(
-        "QUEUE", "STATE", "EXECUTOR", "CONCURRENCY", "RATE LIMIT", "TAGS", "WAITING", "RUNNING"
-    )
-    for s in stats:
-        q = s.queue
-        assert q is not None
-        state = _styled(q.state.value)
-        if s.resume_at:
-            state += f" until {_when(s.resume_at)}"
-        table.add_row(
+    stats = [(s, s.queue) for s in await app.queue_stats() if s.queue is not None]
+    rows = [
+        (
             q.name,
-            state,
+            _styled(q.state.value) + (f" until {_when(s.resume_at)}" if s.resume_at else ""),
             q.executor,
             str(q.concurrency),
             f"{q.rate_limit}/{q.rate_limit_window}s" if q.rate_limit else "-",
@@ -961,8 +965,15 @@ async def _queue_list(app: Chancy, args: argparse.Namespace) -> int:
             str(s.counts["pending"] + s.counts["retrying"]),
             str(s.counts["running"]),
         )
-    _console().print(table)
-    return EXIT_OK
+        for s, q in stats
+    ]
+    return show(
+        args,
+        [_queue_json(q, s) for s, q in stats],
+        ("QUEUE", "STATE", "EXECUTOR", "CONCURRENCY", "RATE LIMIT", "TAGS", "WAITING", "RUNNING"),
+        rows,
+        empty="no queues declared (declare one: chancy queue declare NAME)",
+    )
 
 
 def _queue_json(queue: Queue, stats: Any = None) -> dict[str, Any]:
@@ -985,33 +996,32 @@ def _queue_json(queue: Queue, stats: Any = None) -> dict[str, Any]:
 
 async def _queue_stats(app: Chancy, args: argparse.Namespace) -> int:
     stats = await app.queue_stats()
-    if args.json:
-        _print_json(
-            [
-                {
-                    "name": s.name,
-                    "declared": s.queue is not None,
-                    "state": s.queue.state.value if s.queue else None,
-                    "resume_at": s.resume_at,
-                    "counts": s.counts,
-                    "oldest_pending_at": s.oldest_pending_at,
-                    "oldest_pending_age": s.oldest_pending_age,
-                }
-                for s in stats
-            ]
+    data = [
+        {
+            "name": s.name,
+            "declared": s.queue is not None,
+            "state": s.queue.state.value if s.queue else None,
+            "resume_at": s.resume_at,
+            "counts": s.counts,
+            "oldest_pending_at": s.oldest_pending_at,
+            "oldest_pending_age": s.oldest_pending_age,
+        }
+        for s in stats
+    ]
+    rows = [
+        (
+            s.name,
+            _styled(s.queue.state.value) if s.queue else "[bold red]NOT DECLARED[/]",
+            *[str(s.counts[name]) for name in STATES],
+            _ago(s.oldest_pending_age),
         )
-        return EXIT_OK
-    if not stats:
-        print("no queues and no jobs", file=sys.stderr)
-        return EXIT_OK
-    table = _table("QUEUE", "STATE", *[s.upper() for s in STATES], "OLDEST WAITING")
-    for s in stats:
-        state = _styled(s.queue.state.value) if s.queue else "[bold red]NOT DECLARED[/]"
-        table.add_row(
-            s.name, state, *[str(s.counts[name]) for name in STATES], _ago(s.oldest_pending_age)
-        )
-    _console().print(table)
-    if any(s.queue is None and (s.counts["pending"] or s.counts["retrying"]) for s in stats):
+        for s in stats
+    ]
+    columns = ("QUEUE", "STATE", *[s.upper() for s in STATES], "OLDEST WAITING")
+    show(args, data, columns, rows, empty="no queues and no jobs")
+    if not args.json and any(
+        s.queue is None and (s.counts["pending"] or s.counts["retrying"]) for s in stats
+    ):
         print(
             "queues marked NOT DECLARED hold waiting jobs no worker runs: declare them"
             " (chancy queue declare NAME) or purge them",
@@ -1058,31 +1068,23 @@ async def _queue_purge(app: Chancy, args: argparse.Namespace) -> int:
 
 async def _worker_list(app: Chancy, args: argparse.Namespace) -> int:
     workers = await app.list_workers(timeout=args.timeout)
-    if args.json:
-        _print_json(
-            [
-                {
-                    "worker_id": w.worker_id,
-                    "hostname": w.hostname,
-                    "pid": w.pid,
-                    "queues": w.queues,
-                    "tags": w.tags,
-                    "started_at": w.started_at,
-                    "last_seen": w.last_seen,
-                    "heartbeat_age": w.heartbeat_age,
-                    "alive": w.alive,
-                    "running": w.running,
-                }
-                for w in workers
-            ]
-        )
-        return EXIT_OK
-    if not workers:
-        print("no workers registered", file=sys.stderr)
-        return EXIT_OK
-    table = _table("WORKER", "HOST", "PID", "ALIVE", "HEARTBEAT", "QUEUES", "RUNNING")
-    for w in workers:
-        table.add_row(
+    data = [
+        {
+            "worker_id": w.worker_id,
+            "hostname": w.hostname,
+            "pid": w.pid,
+            "queues": w.queues,
+            "tags": w.tags,
+            "started_at": w.started_at,
+            "last_seen": w.last_seen,
+            "heartbeat_age": w.heartbeat_age,
+            "alive": w.alive,
+            "running": w.running,
+        }
+        for w in workers
+    ]
+    rows = [
+        (
             w.worker_id,
             w.hostname,
             str(w.pid),
@@ -1091,8 +1093,10 @@ async def _worker_list(app: Chancy, args: argparse.Namespace) -> int:
             ",".join(w.queues) or "-",
             str(len(w.running)),
         )
-    _console().print(table)
-    return EXIT_OK
+        for w in workers
+    ]
+    columns = ("WORKER", "HOST", "PID", "ALIVE", "HEARTBEAT", "QUEUES", "RUNNING")
+    return show(args, data, columns, rows, empty="no workers registered")
 
 
 def _parse_queue(spec: str) -> tuple[str, int | None, str | None]:
@@ -1248,19 +1252,14 @@ def _plugins(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
         rows.append(
             {"name": name, "source": source, "options": plugin_options(plugin), "hooks": hooks}
         )
-    if args.json:
-        _print_json(rows)
-        return EXIT_OK
-    if not rows:
-        print(
-            f"no plugins installed (pip install chancy-plugin-<name>; group {ENTRY_POINT_GROUP!r})"
-        )
-        return EXIT_OK
-    table = _table("PLUGIN", "DISTRIBUTION", "OPTIONS", "HOOKS")
-    for row in rows:
-        table.add_row(row["name"], row["source"], row["options"] or "-", ", ".join(row["hooks"]))
-    _console().print(table)
-    return EXIT_OK
+    return show(
+        args,
+        rows,
+        ("PLUGIN", "DISTRIBUTION", "OPTIONS", "HOOKS"),
+        [(r["name"], r["source"], r["options"] or "-", ", ".join(r["hooks"])) for r in rows],
+        empty="no plugins installed (pip install ./plugins/chancy-plugin-NAME from the"
+        f" repository; entry-point group {ENTRY_POINT_GROUP!r})",
+    )
 
 
 # --- the parser ----------------------------------------------------------------------------------

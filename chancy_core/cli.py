@@ -591,9 +591,7 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
             f"{job.attempts}/{job.max_attempts}",
             str(job.priority),
             job.scheduled_at.astimezone(UTC).strftime("%m-%d %H:%M:%S"),
-            (job.errors[-1]["traceback"].strip().splitlines() or [""])[-1][:80]
-            if job.errors
-            else "",
+            _last_error(job.errors[-1]["traceback"]) if job.errors else "",
         )
         for job in page.jobs
     ]
@@ -607,6 +605,14 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
     if page.next_cursor and not args.json:
         print(f"more: chancy job list ... --cursor {page.next_cursor}", file=sys.stderr)
     return EXIT_OK
+
+
+def _last_error(traceback_text: str, width: int = 120) -> str:
+    """A traceback's last line, its exception type without the module (``TimeLimitExceeded:
+    ...``), cut at ``width`` with an ellipsis (``job get`` shows it all)."""
+    last = (str(traceback_text).strip().splitlines() or [""])[-1]
+    last = re.sub(r"^[A-Za-z_][\w.]*\.(\w+:)", r"\1", last)
+    return last if len(last) <= width else last[: width - 1] + "…"
 
 
 async def _job_get(app: Chancy, args: argparse.Namespace) -> int:

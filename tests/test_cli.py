@@ -218,3 +218,19 @@ def test_cannot_connect_message_gives_the_advice_that_fits(detail, advice):
         "postgresql://bob:pw@db/app", "postgresql://bob:***@db/app", detail
     )
     assert advice in text and "\n" not in text and "pw" not in text
+
+
+def test_job_list_shows_the_error_type_without_its_module_and_what_the_limit_was():
+    from chancy_core.cli import _last_error
+
+    text = (
+        "Traceback (most recent call last):\n  ...\nchancy_core.errors.TimeLimitExceeded: job"
+        " 01a22bed-672b-7000-b1a8-a661a8395e9a exceeded its time limit of 2s and was stopped\n"
+    )
+    assert _last_error(text) == (
+        "TimeLimitExceeded: job 01a22bed-672b-7000-b1a8-a661a8395e9a exceeded its time limit"
+        " of 2s and was stopped"
+    )
+    assert _last_error("ValueError: x") == "ValueError: x"
+    long = _last_error("RuntimeError: " + "y" * 300)
+    assert len(long) == 120 and long.endswith("…")

@@ -522,8 +522,8 @@ async def _prune(app: Chancy, args: argparse.Namespace) -> int:
     pruner = app.plugins.get_plugin("pruner")
     if pruner is None or not hasattr(pruner, "prune"):
         raise ConfigurationError(
-            "the pruner plugin is not installed: pip install chancy-plugin-pruner (from"
-            " plugins/chancy-plugin-pruner), or add Pruner(...) to your app's plugins"
+            "the pruner plugin is not installed: pip install ./plugins/chancy-plugin-pruner"
+            " (from the repository), or add Pruner(...) to your app's plugins"
         )
     deleted: dict[str, int] = await pruner.prune(app)
     if args.json:

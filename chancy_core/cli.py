@@ -653,6 +653,13 @@ def _print_job(job: QueuedJob, record: dict[str, Any] | None = None) -> None:
         ("unique_key", job.unique_key or "-"),
         ("limits", ", ".join(f"{lim.type_.value}={lim.value}" for lim in job.limits) or "-"),
         ("meta", json.dumps(job.meta, default=str) if job.meta else "-"),
+        *([("progress", _progress(job.progress))] if job.progress else []),
+        *(
+            [("result", json.dumps(job.result, default=str))]
+            if job.state is QueuedJob.State.SUCCEEDED
+            else []
+        ),
+        *([("result_error", job.result_error)] if job.result_error else []),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -660,6 +667,12 @@ def _print_job(job: QueuedJob, record: dict[str, Any] | None = None) -> None:
     for error in job.errors:
         console.print(f"\n[bold red]attempt {error.get('attempt')}[/]")
         console.print(_user_frames(str(error.get("traceback", ""))).rstrip(), markup=False)
+
+
+def _progress(progress: Any) -> str:
+    fraction, message = progress.get("fraction"), progress.get("message")
+    shown = f"{fraction:.0%}" if isinstance(fraction, int | float) else "?"
+    return f"{shown} {message}" if message else shown
 
 
 _INTERNAL = re.compile(r'^  File ".*[/\\](chancy_core|anyio|asyncio|concurrent)[/\\]')

@@ -278,7 +278,9 @@ def test_a_worker_started_with_the_app_runs_jobs_with_its_plugins(project, worke
     ref = ok(chancy(project, *app, "job", "push", "myapp.tasks.send_welcome",
                     "--kwargs", '{"to": "a@b.c"}')).strip()  # fmt: skip
     done = json.loads(ok(chancy(project, *app, "job", "wait", ref, "--timeout", "60", "--json")))
-    assert done["state"] == "succeeded"
+    assert done["state"] == "succeeded" and done["result"] == "a@b.c"
+    shown = ok(chancy(project, *app, "job", "get", ref)).splitlines()
+    assert ["result", '"a@b.c"'] in [line.split() for line in shown]  # not only with --json
     # The worker ran the app's own plugin instance, with its option.
     assert f"from-the-app {ref} succeeded" in (project / "stamps.txt").read_text()
 

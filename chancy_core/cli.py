@@ -1827,6 +1827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `chancy job list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return EXIT_OK
     except (ChancyError, TimeoutError) as exc:
         return _error(_explained(app, exc), _status_of(exc))
     except Exception as exc:

@@ -143,6 +143,25 @@ def test_no_arguments_prints_help_and_version_works(tmp_path):
     assert ok(chancy(tmp_path, "--version")).startswith("chancy-core ")
 
 
+def test_output_into_a_closed_pipe_is_no_error(tmp_path):
+    """`chancy ... | head` stops reading early: no error, no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe fails with EPIPE
+    try:
+        done = subprocess.run(
+            [CHANCY, "plugins", "--json"],
+            cwd=tmp_path,
+            env={**env(), "CHANCY_DISABLE_PLUGIN_AUTOLOAD": "1"},
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_without_a_database_the_cli_refuses_instead_of_making_an_embedded_one(tmp_path):
     done = chancy(tmp_path, "queue", "list")
     one_line_error(done, 1, "no database given: pass --dsn, set CHANCY_DSN, or use --app")

@@ -30,6 +30,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, entry_points, version
+from types import ModuleType
 from typing import Any, NoReturn
 
 import anyio
@@ -244,19 +245,7 @@ def load_app(spec: str) -> Chancy:
         module_name, sep, attribute = spec.rpartition(".")
     if not sep or not module_name or not attribute:
         raise UsageError(f"--app {spec!r}: write MODULE:ATTRIBUTE, e.g. --app myapp.tasks:chancy")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ConfigurationError(
-                f"cannot import {module_name} (no module named {exc.name!r}): run chancy from"
-                " the folder that contains it, or add that folder to PYTHONPATH"
-            ) from None
-        raise ConfigurationError(f"importing {module_name} failed: {exc}") from None
-    except Exception as exc:
-        raise ConfigurationError(
-            f"importing {module_name} failed: {type(exc).__name__}: {exc}"
-        ) from None
+    module = _import(module_name)
     try:
         found = getattr(module, attribute)
     except AttributeError:
@@ -271,6 +260,31 @@ def load_app(spec: str) -> Chancy:
             f"{spec} is a {type(found).__name__}, not a Chancy app (chancy_core.Chancy)"
         )
     return found
+
+
+def _import(name: str, flag: str = "") -> ModuleType:
+    """Import module ``name`` or raise a one-line :class:`ConfigurationError` saying what to
+    do (``flag``, e.g. ``"--import myapp.tasks: "``, in front)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or name
+        if name != missing and not name.startswith(missing + "."):  # one of its imports
+            raise ConfigurationError(f"{flag}importing {name} failed: {exc}") from None
+        package, _, module = missing.rpartition(".")
+        if package:  # the package was found, without that module
+            raise ConfigurationError(
+                f"{flag}cannot import {name}: package {package} has no module {module!r}"
+                " (check the name)"
+            ) from None
+        raise ConfigurationError(
+            f"{flag}cannot import {name} (no module named {missing!r}): run chancy from the"
+            " folder that contains it, or add that folder to PYTHONPATH"
+        ) from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{flag}importing {name} failed: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _importable_cwd() -> None:
@@ -1131,13 +1145,7 @@ def _parse_queue(spec: str) -> tuple[str, int | None, str | None]:
 
 async def _worker_start(app: Chancy, args: argparse.Namespace) -> int:
     for module in args.imports:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            raise ConfigurationError(
-                f"--import {module}: cannot import it (no module named {exc.name!r}): run"
-                " chancy from the folder that contains it, or add that folder to PYTHONPATH"
-            ) from None
+        _import(module, f"--import {module}: ")
     allowed = [*args.imports, *args.allow]
     if args.app:
         allowed.append(args.app.partition(":")[0].partition(".")[0])

@@ -182,6 +182,17 @@ def test_a_bad_app_gives_one_line_saying_what_to_do(project):
     one_line_error(chancy(project, "--app", "nosuch:chancy", "queue", "list"), 1, says)
     one_line_error(chancy(project, "--app", "myapp:nothing", "queue", "list"), 1,
                    "module myapp has no attribute 'nothing'")  # fmt: skip
+    # The package is found: the module's name is wrong, not the folder.
+    one_line_error(chancy(project, "--app", "myapp.nosuch:chancy", "queue", "list"), 1,
+                   "cannot import myapp.nosuch: package myapp has no module 'nosuch'")  # fmt: skip
+    one_line_error(chancy(project, "--app", "myapp:chancy", "worker", "start", "--import",
+                          "myapp.taks"), 1,
+                   "--import myapp.taks: cannot import myapp.taks: package myapp has no module"
+                   " 'taks' (check the name)")  # fmt: skip
+    one_line_error(chancy(project, "--app", "myapp:chancy", "worker", "start", "--import",
+                          "elsewhere"), 1,
+                   "--import elsewhere: cannot import elsewhere (no module named 'elsewhere'):"
+                   " run chancy from the folder")  # fmt: skip
     one_line_error(chancy(project, "--app", "myapp", "queue", "list"), 2, "write MODULE:ATTRIBUTE")
     one_line_error(
         chancy(project, "--app", "myapp:chancy", "--dsn", "postgresql://x/y", "queue", "list"),

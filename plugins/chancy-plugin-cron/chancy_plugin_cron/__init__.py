@@ -396,7 +396,11 @@ def _register_commands(subparsers: Any) -> None:
     add_job_arguments(add)
     add.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
     add.set_defaults(handler=_cli_add)
-    remove = cron.add_parser("remove", help="remove a schedule")
+    remove = cron.add_parser(
+        "remove",
+        help="remove a schedule",
+        description="Remove a schedule (jobs it already pushed stay).",
+    )
     remove.add_argument("name", help="the schedule's name")
     remove.set_defaults(handler=_cli_remove)
     listing = cron.add_parser(

@@ -151,8 +151,15 @@ def show(
         )
     for row in rows:
         table.add_row(*row)
-    _console().print(table)
+    _print_table(_console(), table)
     return EXIT_OK
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print ``table`` without the spaces rich pads each line's end with (grep, files)."""
+    with console.capture() as captured:
+        console.print(table)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 _STATE_STYLE = {
@@ -677,7 +684,7 @@ def _print_job(job: QueuedJob, record: dict[str, Any] | None = None) -> None:
     ]
     for key, value in rows:
         table.add_row(key, value)
-    console.print(table)
+    _print_table(console, table)
     for error in job.errors:
         console.print(f"\n[bold red]attempt {error.get('attempt')}[/]")
         console.print(_user_frames(str(error.get("traceback", ""))).rstrip(), markup=False)

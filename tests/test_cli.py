@@ -234,3 +234,12 @@ def test_job_list_shows_the_error_type_without_its_module_and_what_the_limit_was
     assert _last_error("ValueError: x") == "ValueError: x"
     long = _last_error("RuntimeError: " + "y" * 300)
     assert len(long) == 120 and long.endswith("…")
+
+
+def test_tables_have_no_trailing_spaces(database, capsys):
+    dsn = ["--dsn", database, "-q"]
+    assert run(capsys, *dsn, "queue", "declare", "short")[0] == 0
+    assert run(capsys, *dsn, "queue", "declare", "a_much_longer_name")[0] == 0
+    status, out, _ = run(capsys, *dsn, "queue", "list")
+    assert status == 0 and "a_much_longer_name" in out
+    assert [line for line in out.splitlines() if line != line.rstrip()] == []

@@ -1414,7 +1414,7 @@ def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
         sub, "check", "check the database: it connects, migrations are applied, plugins load"
     )
     _reading(check)
-    check.set_defaults(handler=_check)
+    check.set_defaults(handler=_check, unopened=True)  # reports a failed connection itself
     prune = _sub(sub, "prune", "delete old finished jobs now, with the pruner plugin's retention")
     _reading(prune)
     prune.set_defaults(handler=_prune)
@@ -1832,6 +1832,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = chosen = _app_from_arguments(args, preloaded)
 
         async def run() -> int:
+            if getattr(args, "unopened", False):  # the handler connects by itself
+                unopened: int = await args.handler(chosen, args)
+                return unopened
             async with chosen:
                 status: int = await args.handler(chosen, args)
                 return status

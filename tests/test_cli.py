@@ -102,6 +102,18 @@ def test_a_missing_database_says_create_it_in_one_line(postgres_dsn, capsys):
     assert "createdb" in err and "PostgreSQL is running" not in err
 
 
+def test_check_reports_a_missing_database_as_a_failed_check(postgres_dsn, capsys):
+    from chancy_core.testing import dsn_for_database
+
+    dsn = dsn_for_database(postgres_dsn, "chancy_nu_no_such_database")
+    status, out, _ = run(capsys, "--dsn", dsn, "-q", "check", "--json")
+    found = json.loads(out)  # JSON for a monitoring script, even when it cannot connect
+    assert (status, found["ok"], found["checks"][0]["check"]) == (1, False, "connect")
+    assert "Create the database" in found["checks"][0]["detail"]
+    status, out, _ = run(capsys, "--dsn", dsn, "-q", "check")
+    assert status == 1 and "FAIL" in out and "Create the database" in " ".join(out.split())
+
+
 def test_a_closed_port_is_one_sentence_per_reason(capsys):
     status, _, err = run(capsys, "--dsn", "postgresql://u@127.0.0.1:1/x", "-q", "queue", "list")
     assert status == 1 and err.count("\n") == 1, err

@@ -30,6 +30,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, entry_points, version
+from types import ModuleType
 from typing import Any, NoReturn
 
 import anyio
@@ -42,9 +43,11 @@ from rich.table import Table
 
 from chancy_core import admin
 from chancy_core.app import DSN_ENV, Chancy, mask_dsn
+from chancy_core.connection import cannot_connect_message
 from chancy_core.errors import (
     ChancyError,
     ConfigurationError,
+    DatabaseUnavailableError,
     JobNotFoundError,
     QueueNotFoundError,
     WorkerError,
@@ -68,6 +71,7 @@ __all__ = [
     "job_from_arguments",
     "load_app",
     "main",
+    "show",
 ]
 
 Handler = Callable[[Chancy, argparse.Namespace], Awaitable[int]]
@@ -123,13 +127,39 @@ _WHOLE = {"ID", "WORKER", "DUE (UTC)", "STATE", "TRIES", "PRIO", "PID", "HEARTBE
 _MIN = {"QUEUE": 7, "FUNC": 16, "LAST ERROR": 12}
 
 
-def _table(*columns: str) -> Table:
+def show(
+    args: argparse.Namespace,
+    data: Any,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    empty: str,
+) -> int:
+    """Print ``data`` as JSON with ``--json``, else ``rows`` as a table under ``columns``
+    (rich markup allowed), or the line ``empty`` on stderr when there are none. Returns
+    :data:`EXIT_OK`. Plugins' listing commands use it too."""
+    if getattr(args, "json", False):
+        _print_json(data)
+        return EXIT_OK
+    if not rows:
+        print(empty, file=sys.stderr)
+        return EXIT_OK
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in columns:
         table.add_column(
             column, overflow="fold", no_wrap=column in _WHOLE, min_width=_MIN.get(column)
         )
-    return table
+    for row in rows:
+        table.add_row(*row)
+    _print_table(_console(), table)
+    return EXIT_OK
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print ``table`` without the spaces rich pads each line's end with (grep, files)."""
+    with console.capture() as captured:
+        console.print(table)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 _STATE_STYLE = {
@@ -222,19 +252,7 @@ def load_app(spec: str) -> Chancy:
         module_name, sep, attribute = spec.rpartition(".")
     if not sep or not module_name or not attribute:
         raise UsageError(f"--app {spec!r}: write MODULE:ATTRIBUTE, e.g. --app myapp.tasks:chancy")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ConfigurationError(
-                f"cannot import {module_name} (no module named {exc.name!r}): run chancy from"
-                " the folder that contains it, or add that folder to PYTHONPATH"
-            ) from None
-        raise ConfigurationError(f"importing {module_name} failed: {exc}") from None
-    except Exception as exc:
-        raise ConfigurationError(
-            f"importing {module_name} failed: {type(exc).__name__}: {exc}"
-        ) from None
+    module = _import(module_name)
     try:
         found = getattr(module, attribute)
     except AttributeError:
@@ -249,6 +267,31 @@ def load_app(spec: str) -> Chancy:
             f"{spec} is a {type(found).__name__}, not a Chancy app (chancy_core.Chancy)"
         )
     return found
+
+
+def _import(name: str, flag: str = "") -> ModuleType:
+    """Import module ``name`` or raise a one-line :class:`ConfigurationError` saying what to
+    do (``flag``, e.g. ``"--import myapp.tasks: "``, in front)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or name
+        if name != missing and not name.startswith(missing + "."):  # one of its imports
+            raise ConfigurationError(f"{flag}importing {name} failed: {exc}") from None
+        package, _, module = missing.rpartition(".")
+        if package:  # the package was found, without that module
+            raise ConfigurationError(
+                f"{flag}cannot import {name}: package {package} has no module {module!r}"
+                " (check the name)"
+            ) from None
+        raise ConfigurationError(
+            f"{flag}cannot import {name} (no module named {missing!r}): run chancy from the"
+            " folder that contains it, or add that folder to PYTHONPATH"
+        ) from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{flag}importing {name} failed: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _importable_cwd() -> None:
@@ -443,7 +486,7 @@ async def _check(app: Chancy, args: argparse.Namespace) -> int:
     try:
         conn = await app.connect()
     except ChancyError as exc:
-        checks.append({"check": "connect", "ok": False, "detail": str(exc)})
+        checks.append({"check": "connect", "ok": False, "detail": _explained(app, exc)})
         return _report_checks(checks, args)
     async with conn:
         cur = await conn.execute("SELECT current_setting('server_version')")
@@ -488,15 +531,11 @@ async def _check(app: Chancy, args: argparse.Namespace) -> int:
 
 def _report_checks(checks: list[dict[str, Any]], args: argparse.Namespace) -> int:
     ok = all(c["ok"] for c in checks)
-    if args.json:
-        _print_json({"ok": ok, "checks": checks})
-    else:
-        table = _table("CHECK", "", "DETAIL")
-        for c in checks:
-            table.add_row(
-                c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAIL[/]", c["detail"]
-            )
-        _console().print(table)
+    rows = [
+        (c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAIL[/]", c["detail"])
+        for c in checks
+    ]
+    show(args, {"ok": ok, "checks": checks}, ("CHECK", "", "DETAIL"), rows, empty="no checks")
     return EXIT_OK if ok else EXIT_ERROR
 
 
@@ -504,8 +543,8 @@ async def _prune(app: Chancy, args: argparse.Namespace) -> int:
     pruner = app.plugins.get_plugin("pruner")
     if pruner is None or not hasattr(pruner, "prune"):
         raise ConfigurationError(
-            "the pruner plugin is not installed: pip install chancy-plugin-pruner (from"
-            " plugins/chancy-plugin-pruner), or add Pruner(...) to your app's plugins"
+            "the pruner plugin is not installed: pip install ./plugins/chancy-plugin-pruner"
+            " (from the repository), or add Pruner(...) to your app's plugins"
         )
     deleted: dict[str, int] = await pruner.prune(app)
     if args.json:
@@ -564,16 +603,8 @@ def _job_json(job: QueuedJob) -> dict[str, Any]:
 
 async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
     page = await app.list_jobs(limit=args.limit, cursor=args.cursor, **_filter_of(args))
-    if args.json:
-        _print_json({"jobs": [_job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
-        return EXIT_OK
-    if not page.jobs:
-        print("no jobs match", file=sys.stderr)
-        return EXIT_OK
-    table = _table("ID", "QUEUE", "FUNC", "STATE", "TRIES", "PRIO", "DUE (UTC)", "LAST ERROR")
-    for job in page.jobs:
-        last = job.errors[-1]["traceback"].strip().splitlines()[-1] if job.errors else ""
-        table.add_row(
+    rows = [
+        (
             job.id,
             job.queue,
             job.func,
@@ -581,12 +612,28 @@ async def _job_list(app: Chancy, args: argparse.Namespace) -> int:
             f"{job.attempts}/{job.max_attempts}",
             str(job.priority),
             job.scheduled_at.astimezone(UTC).strftime("%m-%d %H:%M:%S"),
-            last[:80],
+            _last_error(job.errors[-1]["traceback"]) if job.errors else "",
         )
-    _console().print(table)
-    if page.next_cursor:
+        for job in page.jobs
+    ]
+    show(
+        args,
+        {"jobs": [_job_json(j) for j in page.jobs], "next_cursor": page.next_cursor},
+        ("ID", "QUEUE", "FUNC", "STATE", "TRIES", "PRIO", "DUE (UTC)", "LAST ERROR"),
+        rows,
+        empty="no jobs match",
+    )
+    if page.next_cursor and not args.json:
         print(f"more: chancy job list ... --cursor {page.next_cursor}", file=sys.stderr)
     return EXIT_OK
+
+
+def _last_error(traceback_text: str, width: int = 120) -> str:
+    """A traceback's last line, its exception type without the module (``TimeLimitExceeded:
+    ...``), cut at ``width`` with an ellipsis (``job get`` shows it all)."""
+    last = (str(traceback_text).strip().splitlines() or [""])[-1]
+    last = re.sub(r"^[A-Za-z_][\w.]*\.(\w+:)", r"\1", last)
+    return last if len(last) <= width else last[: width - 1] + "…"
 
 
 async def _job_get(app: Chancy, args: argparse.Namespace) -> int:
@@ -627,13 +674,26 @@ def _print_job(job: QueuedJob, record: dict[str, Any] | None = None) -> None:
         ("unique_key", job.unique_key or "-"),
         ("limits", ", ".join(f"{lim.type_.value}={lim.value}" for lim in job.limits) or "-"),
         ("meta", json.dumps(job.meta, default=str) if job.meta else "-"),
+        *([("progress", _progress(job.progress))] if job.progress else []),
+        *(
+            [("result", json.dumps(job.result, default=str))]
+            if job.state is QueuedJob.State.SUCCEEDED
+            else []
+        ),
+        *([("result_error", job.result_error)] if job.result_error else []),
     ]
     for key, value in rows:
         table.add_row(key, value)
-    console.print(table)
+    _print_table(console, table)
     for error in job.errors:
         console.print(f"\n[bold red]attempt {error.get('attempt')}[/]")
         console.print(_user_frames(str(error.get("traceback", ""))).rstrip(), markup=False)
+
+
+def _progress(progress: Any) -> str:
+    fraction, message = progress.get("fraction"), progress.get("message")
+    shown = f"{fraction:.0%}" if isinstance(fraction, int | float) else "?"
+    return f"{shown} {message}" if message else shown
 
 
 _INTERNAL = re.compile(r'^  File ".*[/\\](chancy_core|anyio|asyncio|concurrent)[/\\]')
@@ -933,25 +993,11 @@ async def _queue_update(app: Chancy, args: argparse.Namespace) -> int:
 
 
 async def _queue_list(app: Chancy, args: argparse.Namespace) -> int:
-    stats = [s for s in await app.queue_stats() if s.queue is not None]
-    if args.json:
-        _print_json([_queue_json(s.queue, s) for s in stats if s.queue is not None])
-        return EXIT_OK
-    if not stats:
-        print("no queues declared (declare one: chancy queue declare NAME)", file=sys.stderr)
-        return EXIT_OK
-    table = _table(
-        "QUEUE", "STATE", "EXECUTOR", "CONCURRENCY", "RATE LIMIT", "TAGS", "WAITING", "RUNNING"
-    )
-    for s in stats:
-        q = s.queue
-        assert q is not None
-        state = _styled(q.state.value)
-        if s.resume_at:
-            state += f" until {_when(s.resume_at)}"
-        table.add_row(
+    stats = [(s, s.queue) for s in await app.queue_stats() if s.queue is not None]
+    rows = [
+        (
             q.name,
-            state,
+            _styled(q.state.value) + (f" until {_when(s.resume_at)}" if s.resume_at else ""),
             q.executor,
             str(q.concurrency),
             f"{q.rate_limit}/{q.rate_limit_window}s" if q.rate_limit else "-",
@@ -959,8 +1005,15 @@ async def _queue_list(app: Chancy, args: argparse.Namespace) -> int:
             str(s.counts["pending"] + s.counts["retrying"]),
             str(s.counts["running"]),
         )
-    _console().print(table)
-    return EXIT_OK
+        for s, q in stats
+    ]
+    return show(
+        args,
+        [_queue_json(q, s) for s, q in stats],
+        ("QUEUE", "STATE", "EXECUTOR", "CONCURRENCY", "RATE LIMIT", "TAGS", "WAITING", "RUNNING"),
+        rows,
+        empty="no queues declared (declare one: chancy queue declare NAME)",
+    )
 
 
 def _queue_json(queue: Queue, stats: Any = None) -> dict[str, Any]:
@@ -983,33 +1036,32 @@ def _queue_json(queue: Queue, stats: Any = None) -> dict[str, Any]:
 
 async def _queue_stats(app: Chancy, args: argparse.Namespace) -> int:
     stats = await app.queue_stats()
-    if args.json:
-        _print_json(
-            [
-                {
-                    "name": s.name,
-                    "declared": s.queue is not None,
-                    "state": s.queue.state.value if s.queue else None,
-                    "resume_at": s.resume_at,
-                    "counts": s.counts,
-                    "oldest_pending_at": s.oldest_pending_at,
-                    "oldest_pending_age": s.oldest_pending_age,
-                }
-                for s in stats
-            ]
+    data = [
+        {
+            "name": s.name,
+            "declared": s.queue is not None,
+            "state": s.queue.state.value if s.queue else None,
+            "resume_at": s.resume_at,
+            "counts": s.counts,
+            "oldest_pending_at": s.oldest_pending_at,
+            "oldest_pending_age": s.oldest_pending_age,
+        }
+        for s in stats
+    ]
+    rows = [
+        (
+            s.name,
+            _styled(s.queue.state.value) if s.queue else "[bold red]NOT DECLARED[/]",
+            *[str(s.counts[name]) for name in STATES],
+            _ago(s.oldest_pending_age),
         )
-        return EXIT_OK
-    if not stats:
-        print("no queues and no jobs", file=sys.stderr)
-        return EXIT_OK
-    table = _table("QUEUE", "STATE", *[s.upper() for s in STATES], "OLDEST WAITING")
-    for s in stats:
-        state = _styled(s.queue.state.value) if s.queue else "[bold red]NOT DECLARED[/]"
-        table.add_row(
-            s.name, state, *[str(s.counts[name]) for name in STATES], _ago(s.oldest_pending_age)
-        )
-    _console().print(table)
-    if any(s.queue is None and (s.counts["pending"] or s.counts["retrying"]) for s in stats):
+        for s in stats
+    ]
+    columns = ("QUEUE", "STATE", *[s.upper() for s in STATES], "OLDEST WAITING")
+    show(args, data, columns, rows, empty="no queues and no jobs")
+    if not args.json and any(
+        s.queue is None and (s.counts["pending"] or s.counts["retrying"]) for s in stats
+    ):
         print(
             "queues marked NOT DECLARED hold waiting jobs no worker runs: declare them"
             " (chancy queue declare NAME) or purge them",
@@ -1056,31 +1108,23 @@ async def _queue_purge(app: Chancy, args: argparse.Namespace) -> int:
 
 async def _worker_list(app: Chancy, args: argparse.Namespace) -> int:
     workers = await app.list_workers(timeout=args.timeout)
-    if args.json:
-        _print_json(
-            [
-                {
-                    "worker_id": w.worker_id,
-                    "hostname": w.hostname,
-                    "pid": w.pid,
-                    "queues": w.queues,
-                    "tags": w.tags,
-                    "started_at": w.started_at,
-                    "last_seen": w.last_seen,
-                    "heartbeat_age": w.heartbeat_age,
-                    "alive": w.alive,
-                    "running": w.running,
-                }
-                for w in workers
-            ]
-        )
-        return EXIT_OK
-    if not workers:
-        print("no workers registered", file=sys.stderr)
-        return EXIT_OK
-    table = _table("WORKER", "HOST", "PID", "ALIVE", "HEARTBEAT", "QUEUES", "RUNNING")
-    for w in workers:
-        table.add_row(
+    data = [
+        {
+            "worker_id": w.worker_id,
+            "hostname": w.hostname,
+            "pid": w.pid,
+            "queues": w.queues,
+            "tags": w.tags,
+            "started_at": w.started_at,
+            "last_seen": w.last_seen,
+            "heartbeat_age": w.heartbeat_age,
+            "alive": w.alive,
+            "running": w.running,
+        }
+        for w in workers
+    ]
+    rows = [
+        (
             w.worker_id,
             w.hostname,
             str(w.pid),
@@ -1089,8 +1133,10 @@ async def _worker_list(app: Chancy, args: argparse.Namespace) -> int:
             ",".join(w.queues) or "-",
             str(len(w.running)),
         )
-    _console().print(table)
-    return EXIT_OK
+        for w in workers
+    ]
+    columns = ("WORKER", "HOST", "PID", "ALIVE", "HEARTBEAT", "QUEUES", "RUNNING")
+    return show(args, data, columns, rows, empty="no workers registered")
 
 
 def _parse_queue(spec: str) -> tuple[str, int | None, str | None]:
@@ -1106,13 +1152,7 @@ def _parse_queue(spec: str) -> tuple[str, int | None, str | None]:
 
 async def _worker_start(app: Chancy, args: argparse.Namespace) -> int:
     for module in args.imports:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            raise ConfigurationError(
-                f"--import {module}: cannot import it (no module named {exc.name!r}): run"
-                " chancy from the folder that contains it, or add that folder to PYTHONPATH"
-            ) from None
+        _import(module, f"--import {module}: ")
     allowed = [*args.imports, *args.allow]
     if args.app:
         allowed.append(args.app.partition(":")[0].partition(".")[0])
@@ -1246,19 +1286,14 @@ def _plugins(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
         rows.append(
             {"name": name, "source": source, "options": plugin_options(plugin), "hooks": hooks}
         )
-    if args.json:
-        _print_json(rows)
-        return EXIT_OK
-    if not rows:
-        print(
-            f"no plugins installed (pip install chancy-plugin-<name>; group {ENTRY_POINT_GROUP!r})"
-        )
-        return EXIT_OK
-    table = _table("PLUGIN", "DISTRIBUTION", "OPTIONS", "HOOKS")
-    for row in rows:
-        table.add_row(row["name"], row["source"], row["options"] or "-", ", ".join(row["hooks"]))
-    _console().print(table)
-    return EXIT_OK
+    return show(
+        args,
+        rows,
+        ("PLUGIN", "DISTRIBUTION", "OPTIONS", "HOOKS"),
+        [(r["name"], r["source"], r["options"] or "-", ", ".join(r["hooks"])) for r in rows],
+        empty="no plugins installed (pip install ./plugins/chancy-plugin-NAME from the"
+        f" repository; entry-point group {ENTRY_POINT_GROUP!r})",
+    )
 
 
 # --- the parser ----------------------------------------------------------------------------------
@@ -1379,7 +1414,7 @@ def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
         sub, "check", "check the database: it connects, migrations are applied, plugins load"
     )
     _reading(check)
-    check.set_defaults(handler=_check)
+    check.set_defaults(handler=_check, unopened=True)  # reports a failed connection itself
     prune = _sub(sub, "prune", "delete old finished jobs now, with the pruner plugin's retention")
     _reading(prune)
     prune.set_defaults(handler=_prune)
@@ -1724,6 +1759,23 @@ def _error(message: str, status: int) -> int:
     return status
 
 
+_OLD_ADVICE = ". Check that PostgreSQL is running and that the DSN (or CHANCY_DSN) is right"
+
+
+def _explained(app: Chancy | None, exc: BaseException) -> str:
+    """``exc``'s message; for a failed connection, with advice that fits libpq's reason
+    (create the database, the role...) rather than "check that PostgreSQL is running"."""
+    text = str(exc)
+    if app is None or not isinstance(exc, DatabaseUnavailableError):
+        return text
+    masked = mask_dsn(app.dsn)
+    head = f"cannot connect to {masked!r}: "
+    # The app's message still ends with the generic advice: replace it (already masked).
+    if text.startswith(head) and text.endswith(_OLD_ADVICE):
+        return cannot_connect_message(app.dsn, masked, text[len(head) : -len(_OLD_ADVICE)])
+    return text
+
+
 def _status_of(exc: BaseException) -> int:
     if isinstance(exc, UsageError):
         return EXIT_USAGE
@@ -1771,16 +1823,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     is_worker = args.command == "worker" and getattr(args, "action", None) == "start"
     setup_logging(verbose=args.verbose, quiet=args.quiet, fmt=args.log_format, worker=is_worker)
+    app: Chancy | None = None
     try:
         if getattr(args, "local", None):
             return int(args.local(args, pm))
         if is_worker and args.processes > 1:
             return _start_processes(argv, args.processes)
-        app = _app_from_arguments(args, preloaded)
+        app = chosen = _app_from_arguments(args, preloaded)
 
         async def run() -> int:
-            async with app:
-                status: int = await args.handler(app, args)
+            if getattr(args, "unopened", False):  # the handler connects by itself
+                unopened: int = await args.handler(chosen, args)
+                return unopened
+            async with chosen:
+                status: int = await args.handler(chosen, args)
                 return status
 
         status = anyio.run(run)
@@ -1789,8 +1845,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `chancy job list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return EXIT_OK
     except (ChancyError, TimeoutError) as exc:
-        return _error(str(exc), _status_of(exc))
+        return _error(_explained(app, exc), _status_of(exc))
     except Exception as exc:
         if verbose:
             traceback.print_exc()

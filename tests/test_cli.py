@@ -92,10 +92,38 @@ def test_an_unreachable_database_is_reported_with_the_password_masked(capsys):
     assert "cannot connect" in err and "s3cret" not in err and "***" in err
 
 
+def test_a_missing_database_says_create_it_in_one_line(postgres_dsn, capsys):
+    from chancy_core.testing import dsn_for_database
+
+    dsn = dsn_for_database(postgres_dsn, "chancy_nu_no_such_database")
+    status, _, err = run(capsys, "--dsn", dsn, "-q", "job", "list")
+    assert status == 1 and err.count("\n") == 1, err
+    assert 'database "chancy_nu_no_such_database" does not exist. Create the database' in err
+    assert "createdb" in err and "PostgreSQL is running" not in err
+
+
+def test_check_reports_a_missing_database_as_a_failed_check(postgres_dsn, capsys):
+    from chancy_core.testing import dsn_for_database
+
+    dsn = dsn_for_database(postgres_dsn, "chancy_nu_no_such_database")
+    status, out, _ = run(capsys, "--dsn", dsn, "-q", "check", "--json")
+    found = json.loads(out)  # JSON for a monitoring script, even when it cannot connect
+    assert (status, found["ok"], found["checks"][0]["check"]) == (1, False, "connect")
+    assert "Create the database" in found["checks"][0]["detail"]
+    status, out, _ = run(capsys, "--dsn", dsn, "-q", "check")
+    assert status == 1 and "FAIL" in out and "Create the database" in " ".join(out.split())
+
+
+def test_a_closed_port_is_one_sentence_per_reason(capsys):
+    status, _, err = run(capsys, "--dsn", "postgresql://u@127.0.0.1:1/x", "-q", "queue", "list")
+    assert status == 1 and err.count("\n") == 1, err
+    assert "?." not in err and "Check that PostgreSQL is running" in err
+
+
 def test_plugins_lists_nothing_when_discovery_is_off(capsys, monkeypatch):
     monkeypatch.setenv("CHANCY_DISABLE_PLUGIN_AUTOLOAD", "1")
-    status, out, _ = run(capsys, "plugins")
-    assert status == 0 and out.startswith("no plugins installed")
+    status, out, err = run(capsys, "plugins")
+    assert (status, out) == (0, "") and err.startswith("no plugins installed")
 
 
 def test_no_arguments_prints_the_help_with_the_exit_codes(capsys):
@@ -183,3 +211,47 @@ def test_check_fails_on_a_database_that_was_never_migrated(postgres_dsn, capsys)
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.mark.parametrize(
+    ("detail", "advice"),
+    [
+        ('failed: FATAL:  role "bob" does not exist', "Create the role (createuser -h db bob)"),
+        ("failed: FATAL:  password authentication failed for user", "Check the password"),
+        ("failed to resolve host 'db': Name or service not known", "Check the host name"),
+        ("failed: FATAL:  sorry, too many clients already", "max_connections"),
+        ("failed: Connection refused\n\tIs the server running?", "PostgreSQL is running"),
+    ],
+)
+def test_cannot_connect_message_gives_the_advice_that_fits(detail, advice):
+    from chancy_core.connection import cannot_connect_message
+
+    text = cannot_connect_message(
+        "postgresql://bob:pw@db/app", "postgresql://bob:***@db/app", detail
+    )
+    assert advice in text and "\n" not in text and "pw" not in text
+
+
+def test_job_list_shows_the_error_type_without_its_module_and_what_the_limit_was():
+    from chancy_core.cli import _last_error
+
+    text = (
+        "Traceback (most recent call last):\n  ...\nchancy_core.errors.TimeLimitExceeded: job"
+        " 01a22bed-672b-7000-b1a8-a661a8395e9a exceeded its time limit of 2s and was stopped\n"
+    )
+    assert _last_error(text) == (
+        "TimeLimitExceeded: job 01a22bed-672b-7000-b1a8-a661a8395e9a exceeded its time limit"
+        " of 2s and was stopped"
+    )
+    assert _last_error("ValueError: x") == "ValueError: x"
+    long = _last_error("RuntimeError: " + "y" * 300)
+    assert len(long) == 120 and long.endswith("…")
+
+
+def test_tables_have_no_trailing_spaces(database, capsys):
+    dsn = ["--dsn", database, "-q"]
+    assert run(capsys, *dsn, "queue", "declare", "short")[0] == 0
+    assert run(capsys, *dsn, "queue", "declare", "a_much_longer_name")[0] == 0
+    status, out, _ = run(capsys, *dsn, "queue", "list")
+    assert status == 0 and "a_much_longer_name" in out
+    assert [line for line in out.splitlines() if line != line.rstrip()] == []

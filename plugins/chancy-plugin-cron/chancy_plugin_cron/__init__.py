@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import builtins
 import dataclasses
-import json
 import logging
 import re
 import sys
@@ -43,7 +42,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from chancy_core import Chancy, Job, Reference, hookimpl
-from chancy_core.cli import add_job_arguments, job_from_arguments
+from chancy_core.cli import add_job_arguments, job_from_arguments, show
 from chancy_core.errors import TRANSIENT_ERRORS, InvalidJobError
 from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_cron import queries as q
@@ -91,12 +90,14 @@ class Schedule:
     """The run time most recently pushed."""
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-compatible dict (what ``chancy cron list --json`` prints)."""
+        """A JSON-compatible dict (what ``chancy cron list --json`` prints); the job without
+        the ``scheduled_at`` and ``unique_key`` each run replaces."""
+        job = {k: v for k, v in self.job.pack().items() if k not in ("scheduled_at", "unique_key")}
         return {
             "name": self.name,
             "cron": self.cron,
             "timezone": self.timezone,
-            "job": self.job.pack(),
+            "job": job,
             "next_run": self.next_run.isoformat() if self.next_run else None,
             "last_run": self.last_run.isoformat() if self.last_run else None,
         }
@@ -395,11 +396,17 @@ def _register_commands(subparsers: Any) -> None:
     add_job_arguments(add)
     add.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
     add.set_defaults(handler=_cli_add)
-    remove = cron.add_parser("remove", help="remove a schedule")
-    remove.add_argument("name")
+    remove = cron.add_parser(
+        "remove",
+        help="remove a schedule",
+        description="Remove a schedule (jobs it already pushed stay).",
+    )
+    remove.add_argument("name", help="the schedule's name")
     remove.set_defaults(handler=_cli_remove)
-    listing = cron.add_parser("list", help="list schedules")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing = cron.add_parser(
+        "list", help="list schedules with their next and last run", description="List schedules."
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=_cli_list)
 
 
@@ -423,10 +430,27 @@ async def _cli_remove(app: Chancy, args: argparse.Namespace) -> int:
 
 async def _cli_list(app: Chancy, args: argparse.Namespace) -> int:
     schedules = await Cron.list(app)
-    if args.json:
-        print(json.dumps([s.to_json() for s in schedules], indent=2))
-        return 0
-    for s in schedules:
-        next_run = s.next_run.isoformat() if s.next_run else "disabled"
-        print(f"{s.name}\t{s.cron}\t{s.timezone}\t{s.job.func}\tnext={next_run}")
-    return 0
+
+    def when(value: datetime | None, none: str) -> str:
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else none
+
+    rows = [
+        (
+            s.name,
+            s.cron,
+            s.timezone,
+            s.job.func,
+            s.job.queue,
+            when(s.next_run, "disabled"),
+            when(s.last_run, "never"),
+        )
+        for s in schedules
+    ]
+    columns = ("NAME", "CRON", "TIME ZONE", "FUNC", "QUEUE", "NEXT RUN (UTC)", "LAST RUN (UTC)")
+    return show(
+        args,
+        [s.to_json() for s in schedules],
+        columns,
+        rows,
+        empty="no schedules (add one: chancy cron add NAME EXPRESSION FUNC)",
+    )

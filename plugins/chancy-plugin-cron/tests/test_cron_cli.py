@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 
 import anyio
 import pytest
 from chancy_plugin_cron import Cron
 
-from chancy_core import Chancy
+from chancy_core import Chancy, Job
 from chancy_core.cli import build_parser, main
 
 pytestmark = [pytest.mark.db]
@@ -25,19 +26,30 @@ def test_cron_commands_add_list_and_remove(
     assert "scheduled nightly: next run " in capsys.readouterr().out
 
     assert main(["--dsn", database, "cron", "list"]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("nightly\t0 3 * * *\tEurope/Paris\tmyapp.tasks.nightly\tnext=")
+    header, _, row = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == [
+        "NAME", "CRON", "TIME", "ZONE", "FUNC", "QUEUE", "NEXT", "RUN", "(UTC)", "LAST", "RUN",
+        "(UTC)",
+    ]  # fmt: skip
+    assert row.split()[:9] == ["nightly", "0", "3", "*", "*", "*", "Europe/Paris",
+                               "myapp.tasks.nightly", "batch"]  # fmt: skip
+    assert row.split()[-1] == "never"  # no run pushed yet
 
     assert main(["--dsn", database, "cron", "list", "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert listed["job"]["kwargs"] == {"n": 1} and listed["job"]["queue"] == "batch"
     assert listed["timezone"] == "Europe/Paris" and listed["next_run"]
+    # The template's scheduled_at (when it was added) and unique_key mean nothing: each run
+    # replaces them. What matters is next_run and last_run.
+    assert "scheduled_at" not in listed["job"] and "unique_key" not in listed["job"]
+    assert listed["last_run"] is None
 
     assert main(["--dsn", database, "cron", "remove", "nightly"]) == 0
     assert main(["--dsn", database, "cron", "remove", "nightly"]) == 1
     assert "no schedule named 'nightly'" in capsys.readouterr().err
     assert main(["--dsn", database, "cron", "list"]) == 0
-    assert capsys.readouterr().out == ""
+    out, err = capsys.readouterr()
+    assert out == "" and "\nno schedules (add one: chancy cron add" in err
 
 
 def test_cron_add_reports_bad_input_in_one_line(
@@ -57,3 +69,28 @@ async def test_handlers_get_the_app(chancy: Chancy) -> None:
         assert await args.handler(chancy, args) == 0
     (schedule,) = await Cron.list(chancy)
     assert (schedule.name, schedule.cron, schedule.timezone) == ("five", "*/5 * * * *", "UTC")
+
+
+@pytest.mark.anyio
+async def test_cron_list_shows_the_last_run_once_one_was_pushed(
+    chancy: Chancy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await Cron.add(chancy, "every", "* * * * *", Job(func="myapp.tasks.go"))
+    async with chancy.pool.connection() as conn:  # due now, without waiting a minute
+        await conn.execute(
+            chancy.schema.render("UPDATE {cron_schedules} SET next_run = now() - interval '1s'")
+        )
+    with anyio.fail_after(10):
+        (ref,) = await Cron().push_due(chancy)
+    pushed = await chancy.get_job(ref)
+    assert pushed is not None
+    parser = build_parser(chancy.plugins)
+    for argv in (["cron", "list", "--json"], ["cron", "list"]):
+        args = parser.parse_args(argv)
+        with anyio.fail_after(10):
+            assert await args.handler(chancy, args) == 0
+    out = capsys.readouterr().out
+    listed = json.loads(out[: out.rindex("]") + 1])
+    assert listed[0]["last_run"] == pushed.scheduled_at.isoformat()
+    row = out.strip().splitlines()[-1].split()
+    assert row[-2:] == pushed.scheduled_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S").split()

@@ -242,10 +242,11 @@ class Metrics:
 
     :param port: serve the Prometheus endpoint on this port (``0``: any free
         port, see :attr:`address`); ``None`` serves nothing. By default the
-        port comes from ``$CHANCY_METRICS_PORT`` (plus ``$CHANCY_PROCESS_INDEX``,
-        set by ``--processes``), else nothing is served: the
+        port comes from ``$CHANCY_METRICS_PORT``, else nothing is served: the
         plugin is loaded in every process that has it installed, and a fixed
-        default port would collide between workers on one host.
+        default port would collide between workers on one host. Child ``n`` of
+        ``chancy worker start --processes N`` (``$CHANCY_PROCESS_INDEX``) serves on
+        the port plus ``n``, whether the port comes from the environment or from here.
     :param host: the address to listen on (``"0.0.0.0"`` to let other hosts scrape).
     :param depth_interval: seconds between two samples of the database gauges.
     :param flush_interval: seconds between two writes of the history.
@@ -283,11 +284,11 @@ class Metrics:
             if env and not env.isdigit():
                 raise ConfigurationError(f"{PORT_ENV}={env!r} is not a port number")
             port = int(env) if env else None
-            index = os.environ.get(INDEX_ENV, "").strip()
-            if port is not None and index:  # a child of `chancy worker start --processes N`
-                if not index.isdigit():
-                    raise ConfigurationError(f"{INDEX_ENV}={index!r} is not a process index")
-                port += int(index)
+        index = os.environ.get(INDEX_ENV, "").strip()
+        if port and index:  # a child of `chancy worker start --processes N`: port + n
+            if not index.isdigit():
+                raise ConfigurationError(f"{INDEX_ENV}={index!r} is not a process index")
+            port += int(index)
         if port is not None and not 0 <= port <= 65535:
             raise ConfigurationError(f"port must be from 0 to 65535 or None, not {port!r}")
         seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention

@@ -75,12 +75,15 @@ def test_port_comes_from_the_environment_only_by_default(monkeypatch: pytest.Mon
     monkeypatch.setenv(PORT_ENV, "9464")
     monkeypatch.setenv(INDEX_ENV, "2")  # the third child of `chancy worker start --processes`
     assert Metrics().port == 9466
-    assert Metrics(port=9000).port == 9000  # an explicit port is left alone
+    # A port given in code too: each child its own (the same one would fail in all but one).
+    assert Metrics(port=9000).port == 9002
+    assert Metrics(port=0).port == 0  # any free port
     monkeypatch.setenv(INDEX_ENV, "x")
     with pytest.raises(ConfigurationError, match=INDEX_ENV):
         Metrics()
     monkeypatch.delenv(PORT_ENV)
     assert Metrics().port is None
+    monkeypatch.delenv(INDEX_ENV)
     with pytest.raises(ConfigurationError, match="port"):
         Metrics(port=70000)
 

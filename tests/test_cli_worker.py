@@ -185,3 +185,48 @@ async def test_a_shutdown_that_leaves_outcomes_unwritten_says_so_and_exits_non_z
     assert took < 1 + 5, (took, text[-2000:])
     assert code not in (0, None), (code, text[-2000:])
     assert "unwritten" in text or "could not write" in text, text[-2000:]
+
+
+UNGUARDED = '''
+import os, anyio
+from chancy_core import Chancy, Job, Queue, Worker
+
+
+async def main():
+    async with Chancy(os.environ["SCRIPT_DSN"], autoload_plugins=False) as app:
+        app.require_declared_queues = False
+        await app.declare(Queue("unguarded", executor="process", concurrency=1))
+        async with Worker(app, allow=["unguarded_tasks"]) as worker:
+            ref = await app.push(Job(func="unguarded_tasks.work", queue="unguarded"))
+            job = await app.wait_for_job(ref, timeout=60)
+            print("STATE", job.state.value)
+            print("ERRORS", [e["traceback"] for e in job.errors])
+            alive = [w.worker_id for w in await app.list_workers() if w.alive]
+            print("OTHER WORKERS", [w for w in alive if w != worker.worker_id])
+
+anyio.run(main)  # no `if __name__ == "__main__":` guard
+'''
+
+
+async def test_a_script_without_the_main_guard_does_not_start_a_worker_in_each_child(
+    database, tmp_path
+):
+    """H3 of the new-user trial: a spawn child imports the unguarded script again; the
+    worker refuses to start there (it would be a second, full worker), so the child's job
+    fails naming the guard, and only the script's own worker ever registered."""
+    (tmp_path / "unguarded_tasks.py").write_text("def work():\n    return 1\n")
+    (tmp_path / "unguarded_main.py").write_text(UNGUARDED)
+    env = {**os.environ, "SCRIPT_DSN": database, "PYTHONPATH": str(tmp_path)}
+    env["CHANCY_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "unguarded_main.py")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "STATE failed" in done.stdout, done.stdout + done.stderr
+    assert "JobCrashed" in done.stdout, done.stdout
+    assert 'if __name__ == "__main__"' in done.stdout + done.stderr
+    assert "OTHER WORKERS []" in done.stdout, done.stdout

@@ -10,6 +10,7 @@ the claim's token) and then reports it to ``chancy_job_completed``.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -298,6 +299,13 @@ class Worker:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the worker until :meth:`stop` (or SIGTERM via :meth:`serve`)."""
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # The check multiprocessing itself makes before starting a process.
+            raise WorkerError(
+                "a worker was started while a process-executor child was importing the"
+                " program's main module: start the worker under"
+                ' `if __name__ == "__main__":` (docs/deployment.md, section 8)'
+            )
         key = (self.chancy.dsn, self._schema.prefix, self.worker_id)
         try:
             await self._take_id(key)  # SchemaMissingError if not migrated
@@ -423,8 +431,8 @@ class Worker:
             log.warning(
                 "worker %s: no plugin recovers the jobs of dead workers: if a worker dies"
                 " (kill -9, out of memory, a lost host) its running jobs stay 'running'"
-                " for ever. Install chancy-plugin-recovery (pip install"
-                " chancy-plugin-recovery) and add Recovery() to the app's plugins",
+                " for ever. Install chancy-plugin-recovery (from the repository root: pip install"
+                " ./plugins/chancy-plugin-recovery) and add Recovery() to the app's plugins",
                 self.worker_id,
                 extra={"worker_id": self.worker_id},
             )

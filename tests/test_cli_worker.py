@@ -187,7 +187,7 @@ async def test_a_shutdown_that_leaves_outcomes_unwritten_says_so_and_exits_non_z
     assert "unwritten" in text or "could not write" in text, text[-2000:]
 
 
-UNGUARDED = '''
+UNGUARDED = """
 import os, anyio
 from chancy_core import Chancy, Job, Queue, Worker
 
@@ -205,7 +205,7 @@ async def main():
             print("OTHER WORKERS", [w for w in alive if w != worker.worker_id])
 
 anyio.run(main)  # no `if __name__ == "__main__":` guard
-'''
+"""
 
 
 async def test_a_script_without_the_main_guard_does_not_start_a_worker_in_each_child(

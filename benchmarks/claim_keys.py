@@ -1,7 +1,7 @@
 """The claim's cost with and without concurrency keys.
 
     python benchmarks/claim_keys.py [--dsn URL] [--jobs 10000] [--keys 100] [--claims 200]
-                                    [--limit 10]
+                                    [--limit 10] [--grouped]
 
 Creates a throw-away database on the server of ``--dsn`` (default ``$CHANCY_TEST_DSN``),
 fills four queues with ``--jobs`` pending jobs each, and times ``--claims`` claims of
@@ -13,6 +13,10 @@ sees the same pending jobs):
   floor);
 * ``keyed``: jobs spread over ``--keys`` keys, ``max_running=2`` per key;
 * ``ordered``: the same keys, one at a time in push order.
+
+Jobs are pushed round-robin over the keys (``k:0, k:1, ...``); with ``--grouped`` each
+key's jobs are pushed together (all of ``k:0``, then all of ``k:1``, ...), so the first
+jobs in claim order all belong to a few keys.
 
 Prints the median and the ratio to ``plain``. The machine is shared: read ratios only.
 """
@@ -34,7 +38,7 @@ from chancy_core import Chancy, Job, Queue, concurrency, ops
 from chancy_core.concurrency import KeyRule, with_key
 
 
-async def fill(app: Chancy, jobs: int, keys: int) -> None:
+async def fill(app: Chancy, jobs: int, keys: int, grouped: bool) -> None:
     """Declare the queues and rules, push the jobs."""
     base = Job(func="bench.noop")
     for name in ("plain", "nokey", "keyed", "ordered"):
@@ -46,7 +50,11 @@ async def fill(app: Chancy, jobs: int, keys: int) -> None:
         batch = []
         for i in range(jobs):
             job = base.with_queue(name).with_kwargs(i=i)
-            batch.append(job if name in ("plain", "nokey") else with_key(job, f"k:{i % keys}"))
+            key = i * keys // jobs if grouped else i % keys
+            batch.append(job if name in ("plain", "nokey") else with_key(job, f"k:{key}"))
+            if len(batch) == 10_000:
+                await app.push_many(batch)
+                batch = []
         await app.push_many(batch)
     async with app.pool.connection() as conn:
         await conn.execute("VACUUM ANALYZE chancy_jobs")
@@ -68,14 +76,14 @@ async def time_claims(app: Chancy, queue: str, claims: int, limit: int, keyed: b
     return statistics.median(found)
 
 
-async def main(dsn: str, jobs: int, keys: int, claims: int, limit: int) -> None:
+async def main(dsn: str, jobs: int, keys: int, claims: int, limit: int, grouped: bool) -> None:
     name = f"chancy_bench_keys_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         async with Chancy(make_conninfo(dsn, dbname=name), autoload_plugins=False) as app:
             await app.migrate()
-            await fill(app, jobs, keys)
+            await fill(app, jobs, keys, grouped)
             cases = [
                 ("plain", "plain", False),
                 ("keyed, no key", "nokey", True),
@@ -88,8 +96,8 @@ async def main(dsn: str, jobs: int, keys: int, claims: int, limit: int) -> None:
             for label, queue, keyed in cases:
                 medians[label] = await time_claims(app, queue, claims, limit, keyed)
         print(
-            f"{jobs} pending jobs per queue, {keys} keys, {claims} claims of {limit} jobs"
-            " (medians; ratios to plain)"
+            f"{jobs} pending jobs per queue, {keys} keys ({'grouped' if grouped else 'round-robin'}),"
+            f" {claims} claims of {limit} jobs (medians; ratios to plain)"
         )
         for label, median in medians.items():
             ratio = median / medians["plain"]
@@ -108,7 +116,8 @@ if __name__ == "__main__":
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument("--claims", type=int, default=200)
     parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--grouped", action="store_true", help="push each key's jobs together")
     args = parser.parse_args()
     if not args.dsn:
         parser.error("give --dsn or set CHANCY_TEST_DSN (a server where databases can be made)")
-    anyio.run(main, args.dsn, args.jobs, args.keys, args.claims, args.limit)
+    anyio.run(main, args.dsn, args.jobs, args.keys, args.claims, args.limit, args.grouped)

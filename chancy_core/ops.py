@@ -188,6 +188,11 @@ def release(
     return [str(row[0]) for row in rows]
 
 
+KEYED_WALK = 100
+"""The keyed claim looks at the first ``KEYED_WALK + 4 * limit`` runnable jobs of unblocked
+keys in claim order; only when its keys let too few of them run does it look per key."""
+
+
 def keyed_lock(schema: Schema, queue: str) -> int:
     """The advisory lock the keyed claims of ``queue`` take in turn."""
     return zlib.crc32(f"chancy-keys:{schema.prefix}:{queue}".encode())
@@ -207,6 +212,7 @@ def claim(
     if keyed:
         yield schema.render(q.LOCK_KEYED_CLAIMS), {"lock": keyed_lock(schema, queue.name)}
         statement = schema.render(q.CLAIM_KEYED_JOBS)
+        params["window"] = KEYED_WALK + 4 * limit
     else:
         statement = schema.render(q.CLAIM_JOBS)
     if queue.rate_limit is None:

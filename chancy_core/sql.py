@@ -477,6 +477,7 @@ LOCK_KEYED_CLAIMS: LiteralString = (
     "SELECT pg_advisory_xact_lock(%(lock)s), set_config('jit', 'off', true)"
 )
 
+
 def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
     """CTEs ``{name}_rated`` and ``{name}_allowed``: of the candidate jobs in ``source``
     (id, priority, k, f), the first ``limit`` in claim order that their rules allow. A
@@ -523,10 +524,14 @@ def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
                      AND e.state IN ('pending', 'running', 'retrying') AND e.id < c.id)
                ELSE c.k_rank <= c.k_free END
       AND CASE WHEN c.f_free IS NULL THEN true
-               WHEN c.f_ordered THEN c.f_free >= 1 AND NOT EXISTS (
-                   SELECT FROM {jobs} AS e
-                   WHERE e.queue = %(queue)s AND e.func = c.f
-                     AND e.state IN ('pending', 'running', 'retrying') AND e.id < c.id)
+               -- One probe per state (the browse index, in id order up to this job).
+               WHEN c.f_ordered THEN c.f_free >= 1
+                   AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
+                                   AND e.state = 'pending' AND e.id < c.id AND e.func = c.f)
+                   AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
+                                   AND e.state = 'retrying' AND e.id < c.id AND e.func = c.f)
+                   AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
+                                   AND e.state = 'running' AND e.id < c.id AND e.func = c.f)
                ELSE c.f_rank <= c.f_free END
     ORDER BY c.priority DESC, c.id
     LIMIT %(limit)s
@@ -538,16 +543,16 @@ def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
 # only the jobs their rules allow now. It never reads all pending jobs of the queue:
 #
 # 1. The queue's running jobs (few: at most the workers' slots) give each key's and each
-#    function's running count; the keys and functions whose limit they fill are blocked.
-# 2. The walk: the first %(window)s runnable jobs in claim order (the plain claim's index),
-#    skipping the blocked keys and functions. Usually enough: the choice among them is the
-#    exact answer when it fills the claim, or when the walk saw every runnable job.
-# 3. Otherwise (more than %(window)s jobs ahead that their keys do not let run now: a few
-#    keys with many jobs each, ordered keys waiting for a retry), per key: a skip-scan
-#    over the queue's distinct keys (one index probe each) and each free key's first jobs
-#    (one probe each, the 0006 index), with the walk's jobs that no key rule limits; the
-#    first in claim order of those. Jobs without a limiting key further back than the
-#    walk wait until it moves.
+#    function's running count.
+# 2. The walk: the first %(window)s runnable jobs in claim order (the plain claim's index
+#    and LIMIT). Usually enough: the choice among them is the exact answer when it fills
+#    the claim, or when the walk saw every runnable job.
+# 3. Otherwise (the first %(window)s jobs are mostly of keys that cannot run more now: a
+#    few keys with many jobs each, full keys, ordered keys waiting for a retry), per key:
+#    a skip-scan over the queue's distinct keys (one index probe each) and each free
+#    key's first jobs (one probe each, the 0006 index), with the walk's jobs that no key
+#    rule limits; the first in claim order of those. Jobs no key rule limits that are
+#    further back than the walk wait until it moves.
 CLAIM_KEYED_JOBS: LiteralString = (
     """
 WITH RECURSIVE rules AS MATERIALIZED (
@@ -560,32 +565,10 @@ WITH RECURSIVE rules AS MATERIALIZED (
     SELECT k, count(*) AS n FROM running WHERE k IS NOT NULL GROUP BY k
 ), func_used AS MATERIALIZED (
     SELECT f, count(*) AS n FROM running GROUP BY f
-), blocked AS MATERIALIZED (
-    SELECT coalesce((
-               SELECT array_agg(u.k) FROM key_used AS u
-               CROSS JOIN LATERAL (
-                   SELECT max_running FROM rules
-                   WHERE kind = 'key' AND u.k LIKE like_pattern
-                   ORDER BY length(pattern) DESC, pattern LIMIT 1
-               ) AS r
-               WHERE u.n >= r.max_running
-           ), ARRAY[]::text[]) AS keys,
-           coalesce((
-               SELECT array_agg(u.f) FROM func_used AS u
-               CROSS JOIN LATERAL (
-                   SELECT max_running FROM rules
-                   WHERE kind = 'func' AND u.f LIKE like_pattern
-                   ORDER BY length(pattern) DESC, pattern LIMIT 1
-               ) AS r
-               WHERE u.n >= r.max_running
-           ), ARRAY[]::text[]) AS funcs
 ), walk AS MATERIALIZED (
     SELECT j.id, j.priority, j.meta ->> 'concurrency_key' AS k, j.func AS f
     FROM {jobs} AS j
     WHERE j.queue = %(queue)s AND j.state IN ('pending', 'retrying') AND j.scheduled_at <= now()
-      AND (NOT j.meta ? 'concurrency_key'
-           OR (j.meta ->> 'concurrency_key') <> ALL ((SELECT keys FROM blocked)::text[]))
-      AND j.func <> ALL ((SELECT funcs FROM blocked)::text[])
     ORDER BY j.priority DESC, j.id
     LIMIT %(window)s
 ), """

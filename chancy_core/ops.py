@@ -189,13 +189,30 @@ def release(
 
 
 KEYED_WALK = 100
-"""The keyed claim looks at the first ``KEYED_WALK + 4 * limit`` runnable jobs of unblocked
-keys in claim order; only when its keys let too few of them run does it look per key."""
+"""The keyed claim looks at the first ``KEYED_WALK + 4 * limit`` runnable jobs in claim
+order (the walk); only when their keys let too few of them run does it look per key."""
 
 
 def keyed_lock(schema: Schema, queue: str) -> int:
     """The advisory lock the keyed claims of ``queue`` take in turn."""
     return zlib.crc32(f"chancy-keys:{schema.prefix}:{queue}".encode())
+
+
+def _claim_keyed(schema: Schema, params: dict[str, Any]) -> Operation:
+    """The keyed claim's statements: the walk and, when it was not enough, the per-key
+    look-up for the rest (which sees the first statement's jobs running); their rows."""
+    limit = params["limit"]
+    window = KEYED_WALK + 4 * limit
+    found = yield schema.render(q.CLAIM_KEYED_JOBS), {**params, "window": window}
+    walked = found[0][-1]  # each row ends with the walk's size (one row of NULLs if none)
+    rows = [row[:-1] for row in found if row[0] is not None]
+    if len(rows) < limit and walked >= window:
+        more = yield (
+            schema.render(q.CLAIM_KEYED_PER_KEY),
+            {**params, "limit": limit - len(rows), "window": window},
+        )
+        rows += more
+    return rows
 
 
 def claim(
@@ -211,12 +228,11 @@ def claim(
     params = {"queue": queue.name, "limit": limit, "worker_id": worker_id, "token": token}
     if keyed:
         yield schema.render(q.LOCK_KEYED_CLAIMS), {"lock": keyed_lock(schema, queue.name)}
-        statement = schema.render(q.CLAIM_KEYED_JOBS)
-        params["window"] = KEYED_WALK + 4 * limit
-    else:
-        statement = schema.render(q.CLAIM_JOBS)
     if queue.rate_limit is None:
-        rows = yield statement, params
+        if keyed:
+            rows = yield from _claim_keyed(schema, params)
+        else:
+            rows = yield schema.render(q.CLAIM_JOBS), params
         return Claimed(rows, token, False)
     rate = {
         "queue": queue.name,
@@ -229,7 +245,10 @@ def claim(
     granted = granted_rows[0][0] if granted_rows else 0
     if not granted:
         return Claimed([], token, True)
-    rows = yield statement, {**params, "limit": granted}
+    if keyed:
+        rows = yield from _claim_keyed(schema, {**params, "limit": granted})
+    else:
+        rows = yield schema.render(q.CLAIM_JOBS), {**params, "limit": granted}
     if len(rows) < granted:
         yield (
             schema.render(q.RETURN_RATE_TOKENS),

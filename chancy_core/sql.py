@@ -511,13 +511,16 @@ def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
     SELECT c.id, c.priority FROM (
         SELECT r.*,
                row_number() OVER (PARTITION BY r.k ORDER BY r.priority DESC, r.id) AS k_rank,
-               row_number() OVER (PARTITION BY r.f ORDER BY r.priority DESC, r.id) AS f_rank
+               row_number() OVER (PARTITION BY r.f ORDER BY r.priority DESC, r.id) AS f_rank,
+               -- Only a key's (function's) lowest id among the candidates may be its first.
+               row_number() OVER (PARTITION BY r.k ORDER BY r.id) AS k_idrank,
+               row_number() OVER (PARTITION BY r.f ORDER BY r.id) AS f_idrank
         FROM """
         + name
         + """_rated AS r
     ) AS c
     WHERE CASE WHEN c.k_free IS NULL THEN true
-               WHEN c.k_ordered THEN c.k_free >= 1 AND NOT EXISTS (
+               WHEN c.k_ordered THEN c.k_free >= 1 AND c.k_idrank = 1 AND NOT EXISTS (
                    SELECT FROM {jobs} AS e
                    WHERE e.queue = %(queue)s AND e.meta ? 'concurrency_key'
                      AND e.meta ->> 'concurrency_key' = c.k
@@ -525,7 +528,7 @@ def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
                ELSE c.k_rank <= c.k_free END
       AND CASE WHEN c.f_free IS NULL THEN true
                -- One probe per state (the browse index, in id order up to this job).
-               WHEN c.f_ordered THEN c.f_free >= 1
+               WHEN c.f_ordered THEN c.f_free >= 1 AND c.f_idrank = 1
                    AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
                                    AND e.state = 'pending' AND e.id < c.id AND e.func = c.f)
                    AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
@@ -539,23 +542,10 @@ def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
     )
 
 
-# The claim of a queue with key rules (see the migrations 0005 and 0006): CLAIM_JOBS, with
-# only the jobs their rules allow now. It never reads all pending jobs of the queue:
-#
-# 1. The queue's running jobs (few: at most the workers' slots) give each key's and each
-#    function's running count.
-# 2. The walk: the first %(window)s runnable jobs in claim order (the plain claim's index
-#    and LIMIT). Usually enough: the choice among them is the exact answer when it fills
-#    the claim, or when the walk saw every runnable job.
-# 3. Otherwise (the first %(window)s jobs are mostly of keys that cannot run more now: a
-#    few keys with many jobs each, full keys, ordered keys waiting for a retry), per key:
-#    a skip-scan over the queue's distinct keys (one index probe each) and each free
-#    key's first jobs (one probe each, the 0006 index), with the walk's jobs that no key
-#    rule limits; the first in claim order of those. Jobs no key rule limits that are
-#    further back than the walk wait until it moves.
-CLAIM_KEYED_JOBS: LiteralString = (
-    """
-WITH RECURSIVE rules AS MATERIALIZED (
+# The keyed claim's common part: the queue's rules, the running count of each key and
+# function (from the queue's running jobs: few, at most the workers' slots), and the walk:
+# the first %(window)s runnable jobs in claim order (the plain claim's index and LIMIT).
+_KEYED_BASE: LiteralString = """rules AS MATERIALIZED (
     SELECT kind, pattern, like_pattern, max_running, ordered
     FROM {concurrency_rules} WHERE queue = %(queue)s
 ), running AS MATERIALIZED (
@@ -571,13 +561,57 @@ WITH RECURSIVE rules AS MATERIALIZED (
     WHERE j.queue = %(queue)s AND j.state IN ('pending', 'retrying') AND j.scheduled_at <= now()
     ORDER BY j.priority DESC, j.id
     LIMIT %(window)s
-), """
-    + _keyed_choice("walk", "walk")
-    + """, fallback AS MATERIALIZED (
-    SELECT (SELECT count(*) FROM walk_allowed) < %(limit)s
-           AND (SELECT count(*) FROM walk) >= %(window)s AS needed
-), keys (k) AS (
-    -- The queue's distinct keys with runnable jobs, one index probe each (a skip-scan).
+), """ + _keyed_choice("walk", "walk")
+
+# Lock and set running the jobs of the CTE "allowed": the CTE "taken".
+_KEYED_TAKE: LiteralString = (
+    """, claimed AS MATERIALIZED (
+    -- Locked by primary key. Keyed claims take turns, so only another kind of writer (a
+    -- cancellation) can hold one of these rows: skipped, the claim takes fewer this time.
+    SELECT j.id FROM {jobs} AS j
+    WHERE j.id IN (SELECT id FROM allowed) AND j.state IN ('pending', 'retrying')
+    FOR UPDATE OF j SKIP LOCKED
+), taken AS (
+    -- clock_timestamp(): the transaction began before the lock was granted; the job
+    -- starts now.
+    UPDATE {jobs} AS j
+    SET state = 'running', attempts = j.attempts + 1, started_at = clock_timestamp(),
+        taken_by = %(worker_id)s, claim_token = %(token)s, progress = NULL
+    FROM claimed
+    WHERE j.id = claimed.id
+    RETURNING """
+    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    + """
+)
+"""
+)
+
+# The claim of a queue with key rules (see the migrations 0005 and 0006): CLAIM_JOBS, with
+# only the jobs their rules allow now, chosen among the walk's jobs (see _keyed_choice).
+# Usually enough: when they fill the claim, or the walk saw every runnable job, they are
+# the jobs a read of all of them would choose. Each row ends with the number of jobs the
+# walk saw (not a job column); when it took none, one row of NULLs ends with it. When the
+# claim is not full and the walk saw %(window)s jobs, the claim goes on with
+# CLAIM_KEYED_PER_KEY in the same transaction.
+CLAIM_KEYED_JOBS: LiteralString = (
+    "WITH "
+    + _KEYED_BASE
+    + ", allowed AS (SELECT id FROM walk_allowed)"
+    + _KEYED_TAKE
+    + "SELECT taken.*, w.n FROM (SELECT count(*) AS n FROM walk) AS w LEFT JOIN taken ON true"
+)
+
+# The keyed claim's second statement, when the walk's jobs mostly belong to keys that
+# cannot start more now (a few keys with many jobs each, full keys, an ordered key waiting
+# for a retry): per key. A skip-scan over the queue's distinct keys (one probe of the 0006
+# index each), and each free key's first jobs (one probe each), with the walk's jobs that
+# no key rule limits; of those, the first in claim order the rules allow. It sees the
+# first statement's jobs running. Jobs no key rule limits further back than the walk wait
+# until it moves.
+CLAIM_KEYED_PER_KEY: LiteralString = (
+    "WITH RECURSIVE "
+    + _KEYED_BASE
+    + """, keys (k) AS (
     (SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
      WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
        AND j.state IN ('pending', 'retrying')
@@ -623,25 +657,9 @@ WITH RECURSIVE rules AS MATERIALIZED (
     SELECT id, priority, k, f FROM heads
 ), """
     + _keyed_choice("more", "candidates")
-    + """, allowed AS MATERIALIZED (
-    SELECT id FROM walk_allowed WHERE NOT (SELECT needed FROM fallback)
-    UNION ALL
-    SELECT id FROM more_allowed WHERE (SELECT needed FROM fallback)
-), claimed AS MATERIALIZED (
-    -- Locked by primary key. Keyed claims take turns, so only another kind of writer (a
-    -- cancellation) can hold one of these rows: skipped, the claim takes fewer this time.
-    SELECT j.id FROM {jobs} AS j
-    WHERE j.id IN (SELECT id FROM allowed) AND j.state IN ('pending', 'retrying')
-    FOR UPDATE OF j SKIP LOCKED
-)
--- clock_timestamp(): the transaction began before the lock was granted; the job starts now.
-UPDATE {jobs} AS j
-SET state = 'running', attempts = j.attempts + 1, started_at = clock_timestamp(),
-    taken_by = %(worker_id)s, claim_token = %(token)s, progress = NULL
-FROM claimed
-WHERE j.id = claimed.id
-RETURNING """
-    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    + ", allowed AS (SELECT id FROM more_allowed)"
+    + _KEYED_TAKE
+    + "SELECT * FROM taken"
 )
 
 # The queues that have key rules: their claims take CLAIM_KEYED_JOBS, the others the plain

@@ -654,7 +654,9 @@ CLAIM_KEYED_PER_KEY: LiteralString = (
 ), candidates AS MATERIALIZED (
     SELECT id, priority, k, f FROM walk_rated WHERE k_free IS NULL
     UNION ALL
-    SELECT id, priority, k, f FROM heads
+    -- The first heads in claim order only (a key's heads fit its free slots: all of them
+    -- may start unless a function rule holds them back).
+    (SELECT id, priority, k, f FROM heads ORDER BY priority DESC, id LIMIT %(window)s)
 ), """
     + _keyed_choice("more", "candidates")
     + ", allowed AS (SELECT id FROM more_allowed)"

@@ -527,7 +527,7 @@ def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
                      AND e.state IN ('pending', 'running', 'retrying') AND e.id < c.id)
                ELSE c.k_rank <= c.k_free END
       AND CASE WHEN c.f_free IS NULL THEN true
-               -- One probe per state (the browse index, in id order up to this job).
+               -- No index on functions: this one may read the jobs table (a rare rule).
                WHEN c.f_ordered THEN c.f_free >= 1 AND c.f_idrank = 1
                    AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
                                    AND e.state = 'pending' AND e.id < c.id AND e.func = c.f)

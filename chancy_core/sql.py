@@ -601,6 +601,26 @@ CLAIM_KEYED_JOBS: LiteralString = (
     + "SELECT taken.*, w.n FROM (SELECT count(*) AS n FROM walk) AS w LEFT JOIN taken ON true"
 )
 
+# How many distinct keys the queue's runnable jobs have, counted up to %(most)s (a bounded
+# skip-scan of the 0006 index): the keyed claim looks per key only when there are few, and
+# else first walks further.
+COUNT_KEYED_KEYS: LiteralString = """
+WITH RECURSIVE keys (k, n) AS (
+    (SELECT j.meta ->> 'concurrency_key', 1 FROM {jobs} AS j
+     WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
+       AND j.state IN ('pending', 'retrying')
+     ORDER BY 1 LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
+            WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
+              AND j.state IN ('pending', 'retrying')
+              AND j.meta ->> 'concurrency_key' > keys.k
+            ORDER BY 1 LIMIT 1), keys.n + 1
+    FROM keys WHERE keys.k IS NOT NULL AND keys.n < %(most)s
+)
+SELECT count(k) FROM keys
+"""
+
 # The keyed claim's second statement, when the walk's jobs mostly belong to keys that
 # cannot start more now (a few keys with many jobs each, full keys, an ordered key waiting
 # for a retry): per key. A skip-scan over the queue's distinct keys (one probe of the 0006

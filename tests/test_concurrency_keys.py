@@ -315,15 +315,22 @@ async def _claim_ids(chancy: Any, queue: Queue, limit: int) -> list[str]:
 
 @pytest.mark.db
 @pytest.mark.anyio
-async def test_the_keyed_claim_looks_per_key_behind_a_long_run_of_one_key(chancy) -> None:
+@pytest.mark.parametrize("many_keys", [False, True])
+async def test_the_keyed_claim_looks_per_key_behind_a_long_run_of_one_key(
+    chancy, monkeypatch, many_keys: bool
+) -> None:
     """More jobs of one key than the claim's walk looks at come first in claim order: the
     claim finds the other keys' jobs per key (the skip-scan), also while the first key is
-    full, and a full key takes its next job as soon as one of its jobs finishes."""
+    full, and a full key takes its next job as soon as one of its jobs finishes. With "many
+    keys", more than the longer walk too."""
     queue = Queue("q", concurrency=50)
     await chancy.declare(queue)
     await concurrency.set_rule(chancy, KeyRule("q", "c:*", max_running=2))
     base = Job(func="somewhere.else", queue="q")
     walk = ops.KEYED_WALK + 4 * 10
+    if many_keys:
+        monkeypatch.setattr(ops, "KEYED_MANY_KEYS", 1)
+        walk *= 10
     a = [str(r) for r in await chancy.push_many([with_key(base, "c:a")] * (walk + 10))]
     b = [str(r) for r in await chancy.push_many([with_key(base, "c:b")] * 3)]
     # The walk alone: the first two jobs of a fill a claim of two.
@@ -429,13 +436,14 @@ def _expected_claim(rows: list[Any], rules: list[KeyRule], limit: int) -> list[s
 
 @pytest.mark.db
 @pytest.mark.anyio
-@pytest.mark.parametrize("seed", range(4))
-async def test_the_keyed_claim_agrees_with_a_reference(chancy, seed: int) -> None:
+@pytest.mark.parametrize("seed", range(6))
+async def test_the_keyed_claim_agrees_with_a_reference(chancy, monkeypatch, seed: int) -> None:
     """Random queues (keys, functions, priorities, running, retrying and not-yet-due jobs).
     Fewer jobs than the walk sees (seeds 0, 1), or more with every key and no function
     limited (seed 2, the per-key look-up): each claim takes exactly the jobs the rules
     allow, as computed in Python from all the jobs. More jobs with everything (seed 3):
-    every claim keeps the limits, and claims something whenever something may run."""
+    every claim keeps the limits, and claims something whenever something may run. Seeds 4
+    and 5: seeds 2 and 3 with "many keys" (the longer walk before the per-key look-up)."""
     rand = random.Random(seed)
     queue = Queue("q", concurrency=50)
     await chancy.declare(queue)
@@ -451,13 +459,15 @@ async def test_the_keyed_claim_agrees_with_a_reference(chancy, seed: int) -> Non
     keys = ["c:1", "c:2", "c:10", "o:1", "o:2", "x:1"]
     funcs = ["app.f1", "app.f2", "app.o", "app.g"]
     big = seed >= 2
-    exact = seed != 3
-    if seed == 2:
+    exact = seed not in (3, 5)
+    if seed in (2, 4):
         keys, funcs = keys[:5], ["app.g"]
+    if seed >= 4:
+        monkeypatch.setattr(ops, "KEYED_MANY_KEYS", 2)
     jobs = []
     for _ in range(ops.KEYED_WALK * 3 if big else 60):
         job = Job(func=rand.choice(funcs), queue="q").with_priority(rand.choice([0, 0, 0, 5]))
-        if seed == 2 or rand.random() < 0.8:
+        if seed in (2, 4) or rand.random() < 0.8:
             job = with_key(job, rand.choice(keys))
         jobs.append(job)
     await chancy.push_many(jobs)

@@ -188,9 +188,51 @@ def release(
     return [str(row[0]) for row in rows]
 
 
+KEYED_WALK = 100
+"""The keyed claim looks at the first ``KEYED_WALK + 4 * limit`` runnable jobs in claim
+order (the walk); only when their keys let too few of them run does it look per key."""
+
+KEYED_MANY_KEYS = 200
+"""From this many keys with runnable jobs in a queue, the keyed claim walks ten times as
+far before it looks per key."""
+
+
 def keyed_lock(schema: Schema, queue: str) -> int:
     """The advisory lock the keyed claims of ``queue`` take in turn."""
     return zlib.crc32(f"chancy-keys:{schema.prefix}:{queue}".encode())
+
+
+def _claim_keyed(schema: Schema, params: dict[str, Any]) -> Operation:
+    """The keyed claim's statements, each seeing the earlier ones' jobs running; their rows.
+
+    The walk; when it was not enough, the per-key look-up, unless the queue has
+    ``KEYED_MANY_KEYS`` keys or more: then first a walk ten times as long (the per-key
+    look-up costs a probe or two per key)."""
+    limit = params["limit"]
+    window = KEYED_WALK + 4 * limit
+    found = yield schema.render(q.CLAIM_KEYED_JOBS), {**params, "window": window}
+    walked = found[0][-1]  # each row ends with the walk's size (one row of NULLs if none)
+    rows = [row[:-1] for row in found if row[0] is not None]
+    if len(rows) >= limit or walked < window:
+        return rows
+    counted = yield (
+        schema.render(q.COUNT_KEYED_KEYS),
+        {"queue": params["queue"], "most": KEYED_MANY_KEYS},
+    )
+    if counted[0][0] >= KEYED_MANY_KEYS:
+        wide = 10 * window
+        found = yield (
+            schema.render(q.CLAIM_KEYED_JOBS),
+            {**params, "limit": limit - len(rows), "window": wide},
+        )
+        rows += [row[:-1] for row in found if row[0] is not None]
+        if len(rows) >= limit or found[0][-1] < wide:
+            return rows
+    more = yield (
+        schema.render(q.CLAIM_KEYED_PER_KEY),
+        {**params, "limit": limit - len(rows), "window": window},
+    )
+    return rows + more
 
 
 def claim(
@@ -206,11 +248,11 @@ def claim(
     params = {"queue": queue.name, "limit": limit, "worker_id": worker_id, "token": token}
     if keyed:
         yield schema.render(q.LOCK_KEYED_CLAIMS), {"lock": keyed_lock(schema, queue.name)}
-        statement = schema.render(q.CLAIM_KEYED_JOBS)
-    else:
-        statement = schema.render(q.CLAIM_JOBS)
     if queue.rate_limit is None:
-        rows = yield statement, params
+        if keyed:
+            rows = yield from _claim_keyed(schema, params)
+        else:
+            rows = yield schema.render(q.CLAIM_JOBS), params
         return Claimed(rows, token, False)
     rate = {
         "queue": queue.name,
@@ -223,7 +265,10 @@ def claim(
     granted = granted_rows[0][0] if granted_rows else 0
     if not granted:
         return Claimed([], token, True)
-    rows = yield statement, {**params, "limit": granted}
+    if keyed:
+        rows = yield from _claim_keyed(schema, {**params, "limit": granted})
+    else:
+        rows = yield schema.render(q.CLAIM_JOBS), {**params, "limit": granted}
     if len(rows) < granted:
         yield (
             schema.render(q.RETURN_RATE_TOKENS),

@@ -491,100 +491,212 @@ LOCK_KEYED_CLAIMS: LiteralString = (
     "SELECT pg_advisory_xact_lock(%(lock)s), set_config('jit', 'off', true)"
 )
 
-# The claim of a queue with key rules (see the migration 0005): CLAIM_JOBS, with only the
-# jobs their rules allow now. A key's running jobs count against its limit; an ordered key
-# starts only its first unfinished job (in id order) and only when none of it runs, so a
-# retrying or not-yet-due first job keeps the key blocked. Each job of a key is ranked
-# among the runnable jobs of that key in claim order, and at most the key's free slots of
-# them are taken. Jobs with no matching rule are claimed as by CLAIM_JOBS.
-CLAIM_KEYED_JOBS: LiteralString = """
-WITH rules AS MATERIALIZED (
-    SELECT kind, pattern, like_pattern, max_running, ordered
-    FROM {concurrency_rules} WHERE queue = %(queue)s
-), runnable AS MATERIALIZED (
-    SELECT j.id, j.priority, j.meta ->> 'concurrency_key' AS k, j.func AS f,
-           kr.max_running AS k_max, kr.ordered AS k_ordered,
-           fr.max_running AS f_max, fr.ordered AS f_ordered
-    FROM {jobs} AS j
+
+def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
+    """CTEs ``{name}_rated`` and ``{name}_allowed``: of the candidate jobs in ``source``
+    (id, priority, k, f), the first ``limit`` in claim order that their rules allow. A
+    limited key's (function's) free slots are its rule's limit minus its running jobs; its
+    candidates are ranked in claim order and take them in turn; an ordered key (function)
+    starts a job only if no unfinished job of it has a lower id (an index probe)."""
+    return (
+        name
+        + """_rated AS MATERIALIZED (
+    SELECT c.id, c.priority, c.k, c.f,
+           kr.max_running - coalesce(ku.n, 0) AS k_free, kr.ordered AS k_ordered,
+           fr.max_running - coalesce(fu.n, 0) AS f_free, fr.ordered AS f_ordered
+    FROM """
+        + source
+        + """ AS c
     LEFT JOIN LATERAL (
         SELECT max_running, ordered FROM rules
-        WHERE kind = 'key' AND j.meta ->> 'concurrency_key' LIKE like_pattern
+        WHERE kind = 'key' AND c.k LIKE like_pattern
         ORDER BY length(pattern) DESC, pattern LIMIT 1
     ) AS kr ON true
     LEFT JOIN LATERAL (
         SELECT max_running, ordered FROM rules
-        WHERE kind = 'func' AND j.func LIKE like_pattern
+        WHERE kind = 'func' AND c.f LIKE like_pattern
         ORDER BY length(pattern) DESC, pattern LIMIT 1
     ) AS fr ON true
-    WHERE j.queue = %(queue)s AND j.state IN ('pending', 'retrying') AND j.scheduled_at <= now()
-), key_state AS MATERIALIZED (
-    SELECT s.k, s.k_max - (
-               SELECT count(*) FROM {jobs} AS r
-               WHERE r.queue = %(queue)s AND r.meta ? 'concurrency_key'
-                 AND r.meta ->> 'concurrency_key' = s.k
-                 AND r.state IN ('pending', 'running', 'retrying') AND r.state = 'running'
-           ) AS free,
-           s.k_ordered AS ordered,
-           CASE WHEN s.k_ordered THEN (
-               SELECT r.id FROM {jobs} AS r
-               WHERE r.queue = %(queue)s AND r.meta ? 'concurrency_key'
-                 AND r.meta ->> 'concurrency_key' = s.k
-                 AND r.state IN ('pending', 'running', 'retrying')
-               ORDER BY r.id LIMIT 1
-           ) END AS first
-    FROM (SELECT DISTINCT k, k_max, k_ordered FROM runnable WHERE k_max IS NOT NULL) AS s
-), func_state AS MATERIALIZED (
-    SELECT s.f, s.f_max - (
-               SELECT count(*) FROM {jobs} AS r
-               WHERE r.queue = %(queue)s AND r.func = s.f AND r.state = 'running'
-           ) AS free,
-           s.f_ordered AS ordered,
-           CASE WHEN s.f_ordered THEN (
-               SELECT r.id FROM {jobs} AS r
-               WHERE r.queue = %(queue)s AND r.func = s.f
-                 AND r.state IN ('pending', 'running', 'retrying')
-               ORDER BY r.id LIMIT 1
-           ) END AS first
-    FROM (SELECT DISTINCT f, f_max, f_ordered FROM runnable WHERE f_max IS NOT NULL) AS s
-), ranked AS (
-    SELECT r.id, r.priority,
-           row_number() OVER (PARTITION BY r.k ORDER BY r.priority DESC, r.id) AS k_rank,
-           row_number() OVER (PARTITION BY r.f ORDER BY r.priority DESC, r.id) AS f_rank,
-           ks.free AS k_free, ks.ordered AS k_ordered, ks.first AS k_first,
-           fs.free AS f_free, fs.ordered AS f_ordered, fs.first AS f_first
-    FROM runnable AS r
-    LEFT JOIN key_state AS ks ON ks.k = r.k AND r.k_max IS NOT NULL
-    LEFT JOIN func_state AS fs ON fs.f = r.f AND r.f_max IS NOT NULL
-    -- Only jobs a rule limits are ranked (all jobs of one key, or of one function, match
-    -- the same rule, so their ranks are unchanged); the others need no sort of their own.
-    WHERE r.k_max IS NOT NULL OR r.f_max IS NOT NULL
-), allowed AS MATERIALIZED (
-    (SELECT id, priority FROM runnable WHERE k_max IS NULL AND f_max IS NULL
-     ORDER BY priority DESC, id LIMIT %(limit)s)
-    UNION ALL
-    (SELECT id, priority FROM ranked
-     WHERE (k_free IS NULL
-            OR (k_ordered AND id = k_first AND k_free >= 1)
-            OR (NOT k_ordered AND k_rank <= k_free))
-       AND (f_free IS NULL
-            OR (f_ordered AND id = f_first AND f_free >= 1)
-            OR (NOT f_ordered AND f_rank <= f_free)))
-    ORDER BY priority DESC, id
+    LEFT JOIN key_used AS ku ON ku.k = c.k
+    LEFT JOIN func_used AS fu ON fu.f = c.f
+), """
+        + name
+        + """_allowed AS MATERIALIZED (
+    SELECT c.id, c.priority FROM (
+        SELECT r.*,
+               row_number() OVER (PARTITION BY r.k ORDER BY r.priority DESC, r.id) AS k_rank,
+               row_number() OVER (PARTITION BY r.f ORDER BY r.priority DESC, r.id) AS f_rank,
+               -- Only a key's (function's) lowest id among the candidates may be its first.
+               row_number() OVER (PARTITION BY r.k ORDER BY r.id) AS k_idrank,
+               row_number() OVER (PARTITION BY r.f ORDER BY r.id) AS f_idrank
+        FROM """
+        + name
+        + """_rated AS r
+    ) AS c
+    WHERE CASE WHEN c.k_free IS NULL THEN true
+               WHEN c.k_ordered THEN c.k_free >= 1 AND c.k_idrank = 1 AND NOT EXISTS (
+                   SELECT FROM {jobs} AS e
+                   WHERE e.queue = %(queue)s AND e.meta ? 'concurrency_key'
+                     AND e.meta ->> 'concurrency_key' = c.k
+                     AND e.state IN ('pending', 'running', 'retrying') AND e.id < c.id)
+               ELSE c.k_rank <= c.k_free END
+      AND CASE WHEN c.f_free IS NULL THEN true
+               -- No index on functions: this one may read the jobs table (a rare rule).
+               WHEN c.f_ordered THEN c.f_free >= 1 AND c.f_idrank = 1
+                   AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
+                                   AND e.state = 'pending' AND e.id < c.id AND e.func = c.f)
+                   AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
+                                   AND e.state = 'retrying' AND e.id < c.id AND e.func = c.f)
+                   AND NOT EXISTS (SELECT FROM {jobs} AS e WHERE e.queue = %(queue)s
+                                   AND e.state = 'running' AND e.id < c.id AND e.func = c.f)
+               ELSE c.f_rank <= c.f_free END
+    ORDER BY c.priority DESC, c.id
     LIMIT %(limit)s
-), claimed AS MATERIALIZED (
+)"""
+    )
+
+
+# The keyed claim's common part: the queue's rules, the running count of each key and
+# function (from the queue's running jobs: few, at most the workers' slots), and the walk:
+# the first %(window)s runnable jobs in claim order (the plain claim's index and LIMIT).
+_KEYED_BASE: LiteralString = """rules AS MATERIALIZED (
+    SELECT kind, pattern, like_pattern, max_running, ordered
+    FROM {concurrency_rules} WHERE queue = %(queue)s
+), running AS MATERIALIZED (
+    SELECT meta ->> 'concurrency_key' AS k, func AS f
+    FROM {jobs} WHERE queue = %(queue)s AND state = 'running'
+), key_used AS MATERIALIZED (
+    SELECT k, count(*) AS n FROM running WHERE k IS NOT NULL GROUP BY k
+), func_used AS MATERIALIZED (
+    SELECT f, count(*) AS n FROM running GROUP BY f
+), walk AS MATERIALIZED (
+    SELECT j.id, j.priority, j.meta ->> 'concurrency_key' AS k, j.func AS f
+    FROM {jobs} AS j
+    WHERE j.queue = %(queue)s AND j.state IN ('pending', 'retrying') AND j.scheduled_at <= now()
+    ORDER BY j.priority DESC, j.id
+    LIMIT %(window)s
+), """ + _keyed_choice("walk", "walk")
+
+# Lock and set running the jobs of the CTE "allowed": the CTE "taken".
+_KEYED_TAKE: LiteralString = (
+    """, claimed AS MATERIALIZED (
     -- Locked by primary key. Keyed claims take turns, so only another kind of writer (a
     -- cancellation) can hold one of these rows: skipped, the claim takes fewer this time.
     SELECT j.id FROM {jobs} AS j
     WHERE j.id IN (SELECT id FROM allowed) AND j.state IN ('pending', 'retrying')
     FOR UPDATE OF j SKIP LOCKED
+), taken AS (
+    -- clock_timestamp(): the transaction began before the lock was granted; the job
+    -- starts now.
+    UPDATE {jobs} AS j
+    SET state = 'running', attempts = j.attempts + 1, started_at = clock_timestamp(),
+        taken_by = %(worker_id)s, claim_token = %(token)s, progress = NULL
+    FROM claimed
+    WHERE j.id = claimed.id
+    RETURNING """
+    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    + """
 )
--- clock_timestamp(): the transaction began before the lock was granted; the job starts now.
-UPDATE {jobs} AS j
-SET state = 'running', attempts = j.attempts + 1, started_at = clock_timestamp(),
-    taken_by = %(worker_id)s, claim_token = %(token)s, progress = NULL
-FROM claimed
-WHERE j.id = claimed.id
-RETURNING """ + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+"""
+)
+
+# The claim of a queue with key rules (see the migrations 0005 and 0006): CLAIM_JOBS, with
+# only the jobs their rules allow now, chosen among the walk's jobs (see _keyed_choice).
+# Usually enough: when they fill the claim, or the walk saw every runnable job, they are
+# the jobs a read of all of them would choose. Each row ends with the number of jobs the
+# walk saw (not a job column); when it took none, one row of NULLs ends with it. When the
+# claim is not full and the walk saw %(window)s jobs, the claim goes on with
+# CLAIM_KEYED_PER_KEY in the same transaction.
+CLAIM_KEYED_JOBS: LiteralString = (
+    "WITH "
+    + _KEYED_BASE
+    + ", allowed AS (SELECT id FROM walk_allowed)"
+    + _KEYED_TAKE
+    + "SELECT taken.*, w.n FROM (SELECT count(*) AS n FROM walk) AS w LEFT JOIN taken ON true"
+)
+
+# How many distinct keys the queue's runnable jobs have, counted up to %(most)s (a bounded
+# skip-scan of the 0006 index): the keyed claim looks per key only when there are few, and
+# else first walks further.
+COUNT_KEYED_KEYS: LiteralString = """
+WITH RECURSIVE keys (k, n) AS (
+    (SELECT j.meta ->> 'concurrency_key', 1 FROM {jobs} AS j
+     WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
+       AND j.state IN ('pending', 'retrying')
+     ORDER BY 1 LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
+            WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
+              AND j.state IN ('pending', 'retrying')
+              AND j.meta ->> 'concurrency_key' > keys.k
+            ORDER BY 1 LIMIT 1), keys.n + 1
+    FROM keys WHERE keys.k IS NOT NULL AND keys.n < %(most)s
+)
+SELECT count(k) FROM keys
+"""
+
+# The keyed claim's second statement, when the walk's jobs mostly belong to keys that
+# cannot start more now (a few keys with many jobs each, full keys, an ordered key waiting
+# for a retry): per key. A skip-scan over the queue's distinct keys (one probe of the 0006
+# index each), and each free key's first jobs (one probe each), with the walk's jobs that
+# no key rule limits; of those, the first in claim order the rules allow. It sees the
+# first statement's jobs running. Jobs no key rule limits further back than the walk wait
+# until it moves.
+CLAIM_KEYED_PER_KEY: LiteralString = (
+    "WITH RECURSIVE "
+    + _KEYED_BASE
+    + """, keys (k) AS (
+    (SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
+     WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
+       AND j.state IN ('pending', 'retrying')
+     ORDER BY 1 LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
+            WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
+              AND j.state IN ('pending', 'retrying')
+              AND j.meta ->> 'concurrency_key' > keys.k
+            ORDER BY 1 LIMIT 1)
+    FROM keys WHERE keys.k IS NOT NULL
+), heads AS MATERIALIZED (
+    -- Each limited key's candidates: an ordered key's first unfinished job (if it can run
+    -- now), another key's first free-slots jobs in claim order.
+    SELECT h.id, h.priority, keys.k, h.f
+    FROM keys
+    CROSS JOIN LATERAL (
+        SELECT max_running, ordered FROM rules
+        WHERE kind = 'key' AND keys.k LIKE like_pattern
+        ORDER BY length(pattern) DESC, pattern LIMIT 1
+    ) AS kr
+    LEFT JOIN key_used AS ku ON ku.k = keys.k
+    CROSS JOIN LATERAL (
+        (SELECT j.id, j.priority, j.func AS f, j.state, j.scheduled_at FROM {jobs} AS j
+         WHERE kr.ordered AND coalesce(ku.n, 0) = 0
+           AND j.queue = %(queue)s AND j.meta ? 'concurrency_key'
+           AND j.meta ->> 'concurrency_key' = keys.k
+           AND j.state IN ('pending', 'running', 'retrying')
+         ORDER BY j.id LIMIT 1)
+        UNION ALL
+        (SELECT j.id, j.priority, j.func AS f, j.state, j.scheduled_at FROM {jobs} AS j
+         WHERE NOT kr.ordered AND kr.max_running > coalesce(ku.n, 0)
+           AND j.queue = %(queue)s AND j.meta ? 'concurrency_key'
+           AND j.meta ->> 'concurrency_key' = keys.k
+           AND j.state IN ('pending', 'retrying') AND j.scheduled_at <= now()
+         ORDER BY j.priority DESC, j.id
+         LIMIT least(kr.max_running - coalesce(ku.n, 0), %(limit)s))
+    ) AS h
+    WHERE keys.k IS NOT NULL AND h.state IN ('pending', 'retrying') AND h.scheduled_at <= now()
+), candidates AS MATERIALIZED (
+    SELECT id, priority, k, f FROM walk_rated WHERE k_free IS NULL
+    UNION ALL
+    -- The first heads in claim order only (a key's heads fit its free slots: all of them
+    -- may start unless a function rule holds them back).
+    (SELECT id, priority, k, f FROM heads ORDER BY priority DESC, id LIMIT %(window)s)
+), """
+    + _keyed_choice("more", "candidates")
+    + ", allowed AS (SELECT id FROM more_allowed)"
+    + _KEYED_TAKE
+    + "SELECT * FROM taken"
+)
 
 # The queues that have key rules: their claims take CLAIM_KEYED_JOBS, the others the plain
 # CLAIM_JOBS (so queues without keys pay nothing for them).

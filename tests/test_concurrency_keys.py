@@ -3,8 +3,10 @@ recorded start and finish times), ordered keys run in push order, retries keep t
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -302,3 +304,207 @@ async def test_concurrent_keyed_claims_take_turns(chancy, database) -> None:
                 await a.commit()
             assert "b" in found
     assert found["b"].rows == []  # k still runs A's job
+
+
+async def _claim_ids(chancy: Any, queue: Queue, limit: int) -> list[str]:
+    claimed = await chancy.execute(
+        ops.claim(chancy.schema, queue, limit, "w", keyed=True), transaction=True
+    )
+    return sorted(str(row[0]) for row in claimed.rows)
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+@pytest.mark.parametrize("many_keys", [False, True])
+async def test_the_keyed_claim_looks_per_key_behind_a_long_run_of_one_key(
+    chancy, monkeypatch, many_keys: bool
+) -> None:
+    """More jobs of one key than the claim's walk looks at come first in claim order: the
+    claim finds the other keys' jobs per key (the skip-scan), also while the first key is
+    full, and a full key takes its next job as soon as one of its jobs finishes. With "many
+    keys", more than the longer walk too."""
+    queue = Queue("q", concurrency=50)
+    await chancy.declare(queue)
+    await concurrency.set_rule(chancy, KeyRule("q", "c:*", max_running=2))
+    base = Job(func="somewhere.else", queue="q")
+    walk = ops.KEYED_WALK + 4 * 10
+    if many_keys:
+        monkeypatch.setattr(ops, "KEYED_MANY_KEYS", 1)
+        walk *= 10
+    a = [str(r) for r in await chancy.push_many([with_key(base, "c:a")] * (walk + 10))]
+    b = [str(r) for r in await chancy.push_many([with_key(base, "c:b")] * 3)]
+    # The walk alone: the first two jobs of a fill a claim of two.
+    assert await _claim_ids(chancy, queue, 2) == sorted(a[:2])
+    # a is full, every job the walk sees is a's: per key, b's first two.
+    assert await _claim_ids(chancy, queue, 10) == sorted(b[:2])
+    assert await _claim_ids(chancy, queue, 10) == []
+    async with chancy.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE chancy_jobs SET state = 'succeeded', completed_at = now() WHERE id = %s",
+            (a[0],),
+        )
+    assert await _claim_ids(chancy, queue, 10) == [a[2]]
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_an_ordered_key_waiting_for_a_retry_does_not_hold_up_the_other_keys(
+    chancy,
+) -> None:
+    """An ordered key whose first job waits for its retry, with more jobs behind it than
+    the walk looks at: its jobs stay put, the next ordered key starts its first job, and a
+    higher-priority job of the blocked key does not jump the queue."""
+    queue = Queue("q", concurrency=50)
+    await chancy.declare(queue)
+    await concurrency.set_rule(chancy, KeyRule("q", "o:*", ordered=True))
+    base = Job(func="somewhere.else", queue="q")
+    walk = ops.KEYED_WALK + 4 * 10
+    a = [str(r) for r in await chancy.push_many([with_key(base, "o:a")] * (walk + 10))]
+    b = [str(r) for r in await chancy.push_many([with_key(base, "o:b")] * 2)]
+    await chancy.push(with_key(base, "o:a").with_priority(5))
+    async with chancy.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE chancy_jobs SET state = 'retrying', attempts = 1,"
+            " scheduled_at = now() + interval '1 hour' WHERE id = %s",
+            (a[0],),
+        )
+    assert await _claim_ids(chancy, queue, 10) == [b[0]]
+    assert await _claim_ids(chancy, queue, 10) == []
+    async with chancy.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE chancy_jobs SET scheduled_at = now() - interval '1 second' WHERE id = %s",
+            (a[0],),
+        )
+    assert await _claim_ids(chancy, queue, 10) == [a[0]]
+
+
+def _rule(rules: list[KeyRule], kind: str, value: str | None) -> KeyRule | None:
+    """The rule of a key (function): the longest matching pattern."""
+    found = [r for r in rules if r.kind == kind and value is not None]
+    found = [r for r in found if fnmatch.fnmatchcase(value or "", r.pattern)]
+    return min(found, key=lambda r: (-len(r.pattern), r.pattern), default=None)
+
+
+def _check_limits(rows: list[Any], rules: list[KeyRule], claimed: list[str]) -> None:
+    """After a claim of ``claimed`` from ``rows`` (as below), no key or function runs more
+    than its rule allows, and an ordered one only its first unfinished job."""
+    taken = [r for r in rows if str(r[0]) in claimed]
+    assert len(taken) == len(claimed)
+    assert all(r[4] in ("pending", "retrying") and r[5] for r in taken)
+    for pos, kind in ((1, "key"), (2, "func")):
+        for value in {r[pos] for r in taken}:
+            rule = _rule(rules, kind, value)
+            if rule is None:
+                continue
+            mine = [r for r in rows if r[pos] == value]
+            running = sum(r[4] == "running" for r in mine)
+            new = [r for r in taken if r[pos] == value]
+            assert running + len(new) <= rule.max_running, (value, running, len(new))
+            if rule.ordered:
+                assert [r[0] for r in new] == [min(r[0] for r in mine)], value
+
+
+def _expected_claim(rows: list[Any], rules: list[KeyRule], limit: int) -> list[str]:
+    """The keyed claim's answer, computed in Python from all of the queue's unfinished jobs
+    (id, key, func, priority, state, due): the reference the SQL must agree with."""
+
+    def rule(kind: str, value: str | None) -> KeyRule | None:
+        return _rule(rules, kind, value)
+
+    runnable = sorted(
+        (r for r in rows if r[4] in ("pending", "retrying") and r[5]), key=lambda r: (-r[3], r[0])
+    )
+    rank: dict[tuple[int, str | None], int] = {}
+    allowed = []
+    for job_id, key, func, _, _, _ in runnable:
+        ok = True
+        for pos, kind, value in ((1, "key", key), (2, "func", func)):
+            rank[pos, value] = rank.get((pos, value), 0) + 1
+            limit_rule = rule(kind, value)
+            if limit_rule is None:
+                continue
+            mine = [r for r in rows if r[pos] == value]
+            free = limit_rule.max_running - sum(r[4] == "running" for r in mine)
+            if limit_rule.ordered:
+                ok = ok and free >= 1 and min(r[0] for r in mine) == job_id
+            else:
+                ok = ok and rank[pos, value] <= free
+        if ok:
+            allowed.append(str(job_id))
+    return sorted(allowed[:limit])
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", range(6))
+async def test_the_keyed_claim_agrees_with_a_reference(chancy, monkeypatch, seed: int) -> None:
+    """Random queues (keys, functions, priorities, running, retrying and not-yet-due jobs).
+    Fewer jobs than the walk sees (seeds 0, 1), or more with every key and no function
+    limited (seed 2, the per-key look-up): each claim takes exactly the jobs the rules
+    allow, as computed in Python from all the jobs. More jobs with everything (seed 3):
+    every claim keeps the limits, and claims something whenever something may run. Seeds 4
+    and 5: seeds 2 and 3 with "many keys" (the longer walk before the per-key look-up)."""
+    rand = random.Random(seed)
+    queue = Queue("q", concurrency=50)
+    await chancy.declare(queue)
+    rules = [
+        KeyRule("q", "c:*", max_running=2),
+        KeyRule("q", "c:1*", max_running=1),
+        KeyRule("q", "o:*", ordered=True),
+        KeyRule("q", "app.f?", kind="func", max_running=3),
+        KeyRule("q", "app.o", kind="func", ordered=True),
+    ]
+    for r in rules:
+        await concurrency.set_rule(chancy, r)
+    keys = ["c:1", "c:2", "c:10", "o:1", "o:2", "x:1"]
+    funcs = ["app.f1", "app.f2", "app.o", "app.g"]
+    big = seed >= 2
+    exact = seed not in (3, 5)
+    if seed in (2, 4):
+        keys, funcs = keys[:5], ["app.g"]
+    if seed >= 4:
+        monkeypatch.setattr(ops, "KEYED_MANY_KEYS", 2)
+    jobs = []
+    for _ in range(ops.KEYED_WALK * 3 if big else 60):
+        job = Job(func=rand.choice(funcs), queue="q").with_priority(rand.choice([0, 0, 0, 5]))
+        if seed in (2, 4) or rand.random() < 0.8:
+            job = with_key(job, rand.choice(keys))
+        jobs.append(job)
+    await chancy.push_many(jobs)
+    async with chancy.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE chancy_jobs SET state = 'retrying', scheduled_at = now() + interval '1 hour'"
+            " WHERE id IN (SELECT id FROM chancy_jobs ORDER BY random() LIMIT 5)"
+        )
+        await conn.execute(
+            "UPDATE chancy_jobs SET scheduled_at = now() + interval '1 hour'"
+            " WHERE id IN (SELECT id FROM chancy_jobs WHERE state = 'pending'"
+            " ORDER BY random() LIMIT 5)"
+        )
+        # An ordered key's first job waits for its retry: the key is blocked.
+        await conn.execute(
+            "UPDATE chancy_jobs SET state = 'retrying', scheduled_at = now() + interval '1 hour'"
+            " WHERE id = (SELECT id FROM chancy_jobs WHERE meta ->> 'concurrency_key' = 'o:1'"
+            " ORDER BY id LIMIT 1)"
+        )
+        for _ in range(6):
+            cur = await conn.execute(
+                "SELECT id, meta ->> 'concurrency_key', func, priority, state,"
+                " scheduled_at <= now() FROM chancy_jobs"
+                " WHERE state IN ('pending', 'running', 'retrying')"
+            )
+            rows = await cur.fetchall()
+            limit = rand.choice([1, 3, 10])
+            expected = _expected_claim(rows, rules, limit)
+            claimed = await _claim_ids(chancy, queue, limit)
+            _check_limits(rows, rules, claimed)
+            if exact:
+                assert claimed == expected, (seed, limit)
+            else:
+                assert bool(claimed) == bool(expected), (seed, limit)
+            # Some running jobs finish; the next claim sees their keys free again.
+            await conn.execute(
+                "UPDATE chancy_jobs SET state = 'succeeded', completed_at = now()"
+                " WHERE id IN (SELECT id FROM chancy_jobs WHERE state = 'running'"
+                " ORDER BY random() LIMIT 4)"
+            )

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from chancy_core import Chancy, Job, Queue, hookimpl
 from chancy_core.errors import MigrationError, SchemaMissingError
-from chancy_core.migrations import Migration, MigrationSet, load_migrations
+from chancy_core.migrations import Migration, MigrationSet, apply, load_migrations
 from chancy_core.testing import dsn_for_database
 
 
@@ -162,3 +162,33 @@ def test_migration_files_with_a_gap_in_their_numbers_are_refused(tmp_path: Path,
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(MigrationError, match=r"numbered 0001, 0002, \.\.\. without gaps"):
         load_migrations("gappy", package.name)
+
+
+@pytest.mark.db
+@pytest.mark.anyio
+async def test_the_0006_index_built_beforehand_concurrently_is_kept(empty_database):
+    """docs/concurrency.md: the index of migration 0006 may be built first with CREATE INDEX
+    CONCURRENTLY (writes go on); the migration then finds it and builds nothing."""
+    core = load_migrations("core", "chancy_core.migrations.core")
+    async with Chancy(empty_database) as app:
+        async with await psycopg.AsyncConnection.connect(empty_database) as conn:
+            await apply(conn, app.schema, [MigrationSet("core", core.migrations[:5])])
+        doc = (Path(__file__).parent.parent / "docs" / "concurrency.md").read_text()
+        statement = doc.split("```sql\n", 1)[1].split("```", 1)[0]
+        statement = statement.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1)
+        with psycopg.connect(empty_database, autocommit=True) as conn:
+            conn.execute(statement)  # type: ignore[call-overload]
+            built = conn.execute(
+                "SELECT indexrelid FROM pg_index WHERE indexrelid = 'chancy_jobs_key_fetch_idx'"
+                "::regclass AND indisvalid"
+            ).fetchone()
+        assert built is not None
+        assert await app.migrate() == [CORE[5]]
+    with psycopg.connect(empty_database) as conn:
+        rows = conn.execute(
+            "SELECT indexrelid, pg_get_indexdef(indexrelid) FROM pg_index"
+            " WHERE indrelid = 'chancy_jobs'::regclass"
+            " AND pg_get_indexdef(indexrelid) LIKE '%concurrency_key%priority%'"
+        ).fetchall()
+    assert [row[0] for row in rows] == [built[0]], rows
+    assert "WHERE ((meta ? 'concurrency_key'::text)" in rows[0][1]

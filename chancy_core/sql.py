@@ -559,7 +559,8 @@ def _keyed_choice(name: LiteralString, source: LiteralString) -> LiteralString:
 # The keyed claim's common part: the queue's rules, the running count of each key and
 # function (from the queue's running jobs: few, at most the workers' slots), and the walk:
 # the first %(window)s runnable jobs in claim order (the plain claim's index and LIMIT).
-_KEYED_BASE: LiteralString = """rules AS MATERIALIZED (
+_KEYED_BASE: LiteralString = (
+    """rules AS MATERIALIZED (
     SELECT kind, pattern, like_pattern, max_running, ordered
     FROM {concurrency_rules} WHERE queue = %(queue)s
 ), running AS MATERIALIZED (
@@ -573,9 +574,14 @@ _KEYED_BASE: LiteralString = """rules AS MATERIALIZED (
     SELECT j.id, j.priority, j.meta ->> 'concurrency_key' AS k, j.func AS f
     FROM {jobs} AS j
     WHERE j.queue = %(queue)s AND j.state IN ('pending', 'retrying') AND j.scheduled_at <= now()
+"""
+    + QUEUE_RUNNABLE
+    + """
     ORDER BY j.priority DESC, j.id
     LIMIT %(window)s
-), """ + _keyed_choice("walk", "walk")
+), """
+    + _keyed_choice("walk", "walk")
+)
 
 # Lock and set running the jobs of the CTE "allowed": the CTE "taken".
 _KEYED_TAKE: LiteralString = (
@@ -685,6 +691,9 @@ CLAIM_KEYED_PER_KEY: LiteralString = (
          LIMIT least(kr.max_running - coalesce(ku.n, 0), %(limit)s))
     ) AS h
     WHERE keys.k IS NOT NULL AND h.state IN ('pending', 'retrying') AND h.scheduled_at <= now()
+"""
+    + QUEUE_RUNNABLE
+    + """
 ), candidates AS MATERIALIZED (
     SELECT id, priority, k, f FROM walk_rated WHERE k_free IS NULL
     UNION ALL

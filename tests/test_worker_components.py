@@ -168,7 +168,10 @@ async def test_a_stale_outcome_of_an_earlier_claim_by_the_same_worker_changes_no
 
 @pytest.mark.db
 @pytest.mark.anyio
-async def test_a_claim_after_a_pause_takes_nothing_even_from_a_worker_that_has_not_heard(chancy):
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+async def test_a_claim_after_a_pause_takes_nothing_even_from_a_worker_that_has_not_heard(
+    chancy, keyed
+):
     """The claim reads the queue's row itself: a worker holding the queue as active (it has
     not yet seen the change) takes nothing once the pause or the deletion has committed."""
     await chancy.declare(Queue("q"))
@@ -176,14 +179,14 @@ async def test_a_claim_after_a_pause_takes_nothing_even_from_a_worker_that_has_n
     assert queue is not None
     ref = await chancy.push(s.make_job(s.noop, "q"))
     await chancy.pause_queue("q")
-    assert (await chancy.execute(ops.claim(chancy.schema, queue, 10, "w"))).rows == []
+    assert (await chancy.execute(ops.claim(chancy.schema, queue, 10, "w", keyed=keyed))).rows == []
     await chancy.resume_queue("q")
-    resumed = await chancy.execute(ops.claim(chancy.schema, queue, 10, "w"))
+    resumed = await chancy.execute(ops.claim(chancy.schema, queue, 10, "w", keyed=keyed))
     assert len(resumed.rows) == 1 and (await chancy.get_job(ref)).state is QueuedJob.State.RUNNING
     # Deleted with its waiting jobs kept: a stale worker claims nothing from it either.
     ref2 = await chancy.push(s.make_job(s.noop, "q"))
     await chancy.delete_queue("q", keep_jobs=True)
-    assert (await chancy.execute(ops.claim(chancy.schema, queue, 10, "w"))).rows == []
+    assert (await chancy.execute(ops.claim(chancy.schema, queue, 10, "w", keyed=keyed))).rows == []
     assert (await chancy.get_job(ref2)).state is QueuedJob.State.PENDING
 
 

@@ -181,7 +181,7 @@ COPY_JOBS: LiteralString = """
 COPY {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at, limits)
 FROM STDIN (FORMAT BINARY)
 """
-# The jsonb columns are sent as bytea: rows carry jsonb's binary format (app._jsonb).
+# The jsonb columns are sent as bytea: rows carry jsonb's binary format (ops._jsonb).
 COPY_JOBS_TYPES = ("uuid", "text", "text", "bytea", "bytea", "int4", "int4", "timestamptz", "bytea")
 
 NOTIFY_PUSHED: LiteralString = """

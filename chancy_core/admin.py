@@ -722,22 +722,22 @@ def declare_queue_op(schema: q.Schema, queue: Queue) -> Operation[Queue]:
 
 
 def _declared(schema: q.Schema, queue: Queue) -> Operation[Queue]:
-    yield (
-        schema.render(q.UPSERT_QUEUE),
-        {
-            "name": queue.name,
-            "concurrency": queue.concurrency,
-            "executor": queue.executor,
-            "executor_options": Jsonb(queue.executor_options),
-            "polling_interval": float(queue.polling_interval),
-            "rate_limit": queue.rate_limit,
-            "rate_limit_window": queue.rate_limit_window,
-            "tags": sorted(queue.tags),
-            "state": queue.state.value,
-            "channel": schema.channel,
-        },
-    )
+    params = {**_settings(queue), "name": queue.name, "state": queue.state.value}
+    yield schema.render(q.UPSERT_QUEUE), {**params, "channel": schema.channel}
     return queue
+
+
+def _settings(queue: Queue) -> dict[str, Any]:
+    """The statement parameters of a queue's settings (those ``update_queue`` changes)."""
+    return {
+        "concurrency": queue.concurrency,
+        "executor": queue.executor,
+        "executor_options": Jsonb(queue.executor_options),
+        "polling_interval": float(queue.polling_interval),
+        "rate_limit": queue.rate_limit,
+        "rate_limit_window": queue.rate_limit_window,
+        "tags": sorted(queue.tags),
+    }
 
 
 @eager
@@ -842,20 +842,8 @@ def update_queue_op(schema: q.Schema, name: str, changes: dict[str, Any]) -> Ope
             f"queue {name!r} is not declared: declare it first (`chancy queue declare {name}`)"
         )
     queue = dataclasses.replace(_queue_from_row(rows[0]), **changes)  # validates
-    yield (
-        _render(schema, _UPDATE_QUEUE),
-        {
-            "name": name,
-            "concurrency": queue.concurrency,
-            "executor": queue.executor,
-            "executor_options": Jsonb(queue.executor_options),
-            "polling_interval": float(queue.polling_interval),
-            "rate_limit": queue.rate_limit,
-            "rate_limit_window": queue.rate_limit_window,
-            "tags": sorted(queue.tags),
-            "channel": schema.channel,
-        },
-    )
+    params = {**_settings(queue), "name": name, "channel": schema.channel}
+    yield _render(schema, _UPDATE_QUEUE), params
     return queue
 
 

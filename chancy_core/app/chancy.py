@@ -25,7 +25,7 @@ from chancy_core import sql as q
 from chancy_core.admin import JobPage, QueueStats, StateFilter, WorkerInfo
 from chancy_core.app import waiting
 from chancy_core.app.database import AsyncExecutor, Database
-from chancy_core.app.dsn import check_dsn
+from chancy_core.app.dsn import check_dsn, mask_dsn
 from chancy_core.app.pushing import Pusher
 from chancy_core.app.twins import twin
 from chancy_core.connection import ConnectionSettings
@@ -551,7 +551,9 @@ class Chancy:
     sync_delete_jobs = delete_jobs.sync
 
     def __repr__(self) -> str:
-        return f"Chancy({self._db.shown!r}, prefix={self.schema.prefix!r})"
+        dsn = self._db.resolved
+        shown = mask_dsn(dsn) if dsn else "(unresolved)"
+        return f"Chancy({shown!r}, prefix={self.schema.prefix!r})"
 
 
 def _time_left(timeout: float | None) -> Iterator[float | None]:

@@ -129,9 +129,10 @@ class Database:
         return self._dsn
 
     @property
-    def shown(self) -> str:
-        """The DSN as logs and ``repr`` show it: masked, without resolving it."""
-        return mask_dsn(self._dsn) if self._dsn else "(unresolved)"
+    def resolved(self) -> str | None:
+        """The DSN if it was given or is resolved already, else ``None`` (this does not
+        start the embedded server)."""
+        return self._dsn
 
     @property
     def notifications(self) -> bool:
@@ -197,6 +198,17 @@ class Database:
 
     # --- the pools -------------------------------------------------------------------------
 
+    def _pool_options(self) -> dict[str, Any]:
+        """What both pools are made with (opened by the caller, waiting for connections)."""
+        return {
+            "conninfo": self.dsn,
+            "min_size": self.min_connections,
+            "max_size": self.max_connections,
+            "kwargs": self.connect_kwargs(),
+            "open": False,
+            "timeout": self.connect_timeout,
+        }
+
     async def open(self) -> None:
         """Open the async pool (at once, so a bad DSN fails here, not at a pool timeout)."""
         if self._pool is not None:
@@ -204,14 +216,7 @@ class Database:
         probe = await self.connect()  # a clear error now rather than a pool timeout later
         await probe.close()
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-            self.dsn,
-            min_size=self.min_connections,
-            max_size=self.max_connections,
-            kwargs=self.connect_kwargs(),
-            configure=_aconfigure,
-            open=False,
-            timeout=self.connect_timeout,
-            name=f"chancy:{self.schema.prefix}",
+            configure=_aconfigure, name=f"chancy:{self.schema.prefix}", **self._pool_options()
         )
         await pool.open(wait=True, timeout=self.connect_timeout)
         self._pool = pool
@@ -231,14 +236,9 @@ class Database:
                 return
             self.sync_connect().close()
             pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-                self.dsn,
-                min_size=self.min_connections,
-                max_size=self.max_connections,
-                kwargs=self.connect_kwargs(),
                 configure=_configure,
-                open=False,
-                timeout=self.connect_timeout,
                 name=f"chancy-sync:{self.schema.prefix}",
+                **self._pool_options(),
             )
             pool.open(wait=True, timeout=self.connect_timeout)
             self._sync_pool = pool

@@ -65,21 +65,17 @@ class Wait:
     def read_limit(self) -> float:
         """Seconds the next connect-and-read may take."""
         limit = self.db.call_timeout
-        if self.deadline is not None:
-            limit = max(0.05, min(limit, self.deadline - time.monotonic()))
-        return limit
+        return limit if self.deadline is None else max(0.05, self._within_deadline(limit))
 
     def outage(self, what: str, exc: Exception) -> float:
         """Seconds to pause before trying again after ``exc``, or raise at the deadline."""
         log.warning("%s: database unavailable (%s); retrying", what, exc)
-        pause = min(self.interval, 1.0)
-        if self.deadline is not None:
-            pause = min(pause, self.deadline - time.monotonic())
-            if pause <= 0:
-                raise DatabaseUnavailableError(
-                    f"job {self.job_id} did not finish within {self.timeout}s: the database"
-                    f" did not answer ({exc})"
-                ) from exc
+        pause = self._within_deadline(min(self.interval, 1.0))
+        if pause <= 0:
+            raise DatabaseUnavailableError(
+                f"job {self.job_id} did not finish within {self.timeout}s: the database"
+                f" did not answer ({exc})"
+            ) from exc
         return pause
 
     def seen(self, found: QueuedJob | None) -> QueuedJob | float:
@@ -89,15 +85,17 @@ class Wait:
             raise JobNotFoundError(f"job {self.job_id} does not exist (pruned or never pushed)")
         if found.state in FINAL_STATES:
             return found
-        wait = self.interval
-        if self.deadline is not None:
-            wait = min(wait, self.deadline - time.monotonic())
-            if wait <= 0:
-                raise TimeoutError(
-                    f"job {self.job_id} did not finish within {self.timeout}s (it is"
-                    f" {found.state.value})"
-                )
+        wait = self._within_deadline(self.interval)
+        if wait <= 0:
+            raise TimeoutError(
+                f"job {self.job_id} did not finish within {self.timeout}s (it is"
+                f" {found.state.value})"
+            )
         return wait
+
+    def _within_deadline(self, seconds: float) -> float:
+        """``seconds``, or the time left if the deadline comes first (<= 0: it passed)."""
+        return seconds if self.deadline is None else min(seconds, self.deadline - time.monotonic())
 
     def finishes(self, note: psycopg.Notify) -> bool:
         """Whether ``note`` says the job finished."""

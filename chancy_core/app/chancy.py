@@ -215,8 +215,8 @@ class Chancy:
         return await self._db.execute(op, transaction=transaction)
 
     def sync_execute(self, op: Operation[T], *, transaction: bool = False) -> T:
-        """Run an operation on a pooled sync connection (in one transaction if asked),
-        within ``call_timeout``."""
+        """Sync twin of :meth:`execute`: on a pooled sync connection (its socket cut at
+        ``call_timeout``)."""
         return self._db.sync_execute(op, transaction=transaction)
 
     def _run(self, target: AsyncExecutor, op: Operation[T]) -> Coroutine[Any, Any, T]:

@@ -294,14 +294,6 @@ WITH deleted AS (DELETE FROM {queues} WHERE name = %(name)s RETURNING name)
 SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM deleted
 """
 
-SET_QUEUE_STATE: LiteralString = """
-WITH changed AS (
-    UPDATE {queues} SET state = %(state)s, updated_at = now() WHERE name = %(name)s
-    RETURNING name
-)
-SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM changed
-"""
-
 # --- workers -------------------------------------------------------------------------------
 
 UPSERT_WORKER: LiteralString = """

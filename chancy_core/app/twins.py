@@ -18,7 +18,6 @@ builder's parameters, for callers and for mypy.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Coroutine
 from types import MethodType
@@ -43,12 +42,13 @@ class Executes(Protocol):
 A = TypeVar("A", bound=Executes)
 
 
-def _named(method: Callable[..., Any], build: Callable[..., Any], doc: str | None) -> None:
-    """Give ``method`` the builder's name, docstring and parameters (not its return)."""
-    functools.update_wrapper(method, build, updated=())
-    del method.__wrapped__  # type: ignore[attr-defined]
+def _named(method: Callable[..., Any], build: Callable[..., Any], name: str, doc: str) -> None:
+    """Give ``method`` a method's name and docstring, and the builder's parameters."""
+    method.__module__ = build.__module__
+    method.__name__ = name
+    method.__qualname__ = f"{build.__qualname__.rpartition('.')[0]}.{name}".lstrip(".")
     method.__doc__ = doc
-    signature = inspect.signature(build)
+    signature = inspect.signature(build)  # without its return: the operation's
     method.__signature__ = signature.replace(  # type: ignore[attr-defined]
         return_annotation=inspect.Signature.empty
     )
@@ -65,12 +65,9 @@ class Twin(Generic[A, P, R]):
         def sync_method(app: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
             return app.sync_execute(build(app, *args, **kwargs), transaction=transaction)
 
-        _named(method, build, build.__doc__)
-        _named(sync_method, build, f"Sync twin of :meth:`{build.__name__}`.")
-        sync_method.__name__ = f"sync_{build.__name__}"
-        sync_method.__qualname__ = sync_method.__qualname__.rpartition(".")[0] + (
-            f".sync_{build.__name__}"
-        )
+        name = build.__name__
+        _named(method, build, name, build.__doc__ or "")
+        _named(sync_method, build, f"sync_{name}", f"Sync twin of :meth:`{name}`.")
         self._method = method
         self.sync = SyncTwin(sync_method)
         """The sync twin (``sync_<name> = <name>.sync`` in the class body)."""

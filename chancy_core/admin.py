@@ -1,9 +1,9 @@
 """Operating the queue: browse jobs, queues and workers, and act on them.
 
-Each operation is a sans-IO generator, like those of :mod:`chancy_core.app`: it
-yields ``(statement, params)`` and receives the rows, so :class:`~chancy_core.app.Chancy`
-runs it on an async or a sync connection (``list_jobs`` and ``sync_list_jobs``
-share one body).
+Each operation is a sans-IO generator, an :data:`~chancy_core.ops.Operation` like those
+of :mod:`chancy_core.ops`: it yields ``(statement, params)`` and receives the rows, so
+:class:`~chancy_core.app.Chancy` runs it on an async or a sync connection (``list_jobs``
+and ``sync_list_jobs`` run one operation, see :mod:`chancy_core.app.twins`).
 
 Rules worth knowing:
 
@@ -37,10 +37,10 @@ import functools
 import inspect
 import sys
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, LiteralString, ParamSpec
+from typing import Any, LiteralString, ParamSpec, TypeVar
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -54,7 +54,7 @@ from chancy_core.errors import (
     QueueNotFoundError,
 )
 from chancy_core.job import Job, QueuedJob, Reference, check_queue_name, registered_jobs
-from chancy_core.ops import Operation, Rows, Step
+from chancy_core.ops import Operation, Statement, Step
 from chancy_core.queue import Queue
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 StateFilter = QueuedJob.State | str | Sequence[QueuedJob.State | str] | None
 """A state, a state's name, or several of them (``None``: every state)."""
@@ -146,12 +147,12 @@ class WorkerInfo:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def eager(make: Callable[P, Operation]) -> Callable[P, Operation]:
+def eager(make: Callable[P, Operation[T]]) -> Callable[P, Operation[T]]:
     """Run an operation's checks when it is built, not when it first runs: a bad argument
     then fails before a connection is taken (and with an app that is not open yet)."""
 
     @functools.wraps(make)
-    def build(*args: P.args, **kwargs: P.kwargs) -> Operation:
+    def build(*args: P.args, **kwargs: P.kwargs) -> Operation[T]:
         op = make(*args, **kwargs)
         try:
             first = next(op)  # everything up to the first statement: the checks
@@ -162,18 +163,19 @@ def eager(make: Callable[P, Operation]) -> Callable[P, Operation]:
     return build
 
 
-def _finished(value: Any) -> Operation:
+def _finished(value: T) -> Operation[T]:
     return value
     yield  # a generator that runs nothing
 
 
-def _resumed(op: Operation, first: Step) -> Operation:
+def _resumed(op: Operation[T], first: Step) -> Operation[T]:
     rows = yield first
     while True:
         try:
             step = op.send(rows)
         except StopIteration as stop:
-            return stop.value
+            result: T = stop.value
+            return result
         rows = yield step
 
 
@@ -293,9 +295,44 @@ _COLUMNS = sql.SQL(", ").join(
 # --- reading ---------------------------------------------------------------------------------
 
 
+@eager
+def get_jobs_op(
+    schema: q.Schema, refs: Sequence[Reference | str]
+) -> Operation[list[QueuedJob | None]]:
+    """Jobs by reference, in the order of ``refs`` (``None`` where one does not exist)."""
+    ids = [job_id(ref) for ref in refs]
+    rows = yield schema.render(q.SELECT_JOBS), {"ids": ids}
+    by_id = {row[0]: _job_from_row(row) for row in rows}
+    return [by_id.get(i) for i in ids]
+
+
+@eager
+def get_job_op(schema: q.Schema, ref: Reference | str) -> Operation[QueuedJob | None]:
+    """One job by reference, or ``None`` if it does not exist."""
+    found = yield from get_jobs_op(schema, [ref])
+    return found[0]
+
+
+def count_jobs_op(
+    schema: q.Schema, states: Iterable[QueuedJob.State | str]
+) -> Operation[dict[tuple[str, QueuedJob.State], int]]:
+    """How many jobs each queue has in each of ``states``, keyed ``(queue, state)``.
+    Pending and retrying counts read the small fetch index; other states their rows."""
+    wanted = sorted({QueuedJob.State(s).value for s in states})  # checked at once
+    statement = q.COUNT_WAITING_JOBS if set(wanted) <= set(WAITING) else q.COUNT_JOBS
+    return _counted(schema.render(statement), wanted)
+
+
+def _counted(
+    statement: bytes, wanted: list[str]
+) -> Operation[dict[tuple[str, QueuedJob.State], int]]:
+    rows = yield statement, {"states": wanted}
+    return {(queue, QueuedJob.State(state)): int(n) for queue, state, n in rows}
+
+
 def list_jobs_statement(
     schema: q.Schema, flt: JobFilter, *, limit: int, cursor: str | None
-) -> Step:
+) -> Statement:
     """The statement of one page (``limit`` rows), for :func:`list_jobs_op` and EXPLAIN."""
     params: dict[str, Any] = {"limit": limit}
     conds, fparams = flt.where("j", with_queue_state=False)
@@ -447,6 +484,16 @@ def list_workers_op(schema: q.Schema, *, timeout: float = 60.0) -> Operation:
 
 # --- acting on one job -------------------------------------------------------------------------
 
+
+@eager
+def cancel_job_op(schema: q.Schema, ref: Reference | str) -> Operation[bool]:
+    """Cancel a job (see :meth:`~chancy_core.app.Chancy.cancel_job`); whether anything
+    was cancelled."""
+    params = {"ids": [job_id(ref)], "channel": schema.channel}
+    rows = yield schema.render(q.CANCEL_JOBS), params
+    return bool(rows) and int(rows[0][0]) + int(rows[0][1]) > 0
+
+
 _LOCK_JOB: LiteralString = "SELECT state, unique_key FROM {jobs} WHERE id = %(id)s FOR UPDATE"
 
 _UNIQUE_HOLDER: LiteralString = """
@@ -466,7 +513,7 @@ _NOTIFY_DONE: LiteralString = (
 
 def _lock(
     schema: q.Schema, ref: Reference | str, allowed: Sequence[str], action: str
-) -> Generator[Step, Rows, tuple[uuid.UUID, str, str | None]]:
+) -> Operation[tuple[uuid.UUID, str, str | None]]:
     ident = job_id(ref)
     rows = yield _render(schema, _LOCK_JOB), {"id": ident}
     if not rows:
@@ -483,7 +530,7 @@ def _lock(
 
 def _update_one(
     schema: q.Schema, ident: uuid.UUID, set_clause: LiteralString, params: dict[str, Any]
-) -> Generator[Step, Rows, QueuedJob]:
+) -> Operation[QueuedJob]:
     template: LiteralString = (
         "UPDATE {jobs} AS j SET " + set_clause + " WHERE j.id = %(id)s RETURNING {cols}"
     )
@@ -666,6 +713,41 @@ def delete_jobs_op(schema: q.Schema, flt: JobFilter) -> Operation:
 
 # --- queues --------------------------------------------------------------------------------------
 
+
+def declare_queue_op(schema: q.Schema, queue: Queue) -> Operation[Queue]:
+    """Create ``queue``, or update it if it exists (running workers pick up the change)."""
+    if not isinstance(queue, Queue):  # checked at once
+        raise ConfigurationError(f"declare() takes a Queue, not {type(queue).__name__}")
+    return _declared(schema, queue)
+
+
+def _declared(schema: q.Schema, queue: Queue) -> Operation[Queue]:
+    params = {**_settings(queue), "name": queue.name, "state": queue.state.value}
+    yield schema.render(q.UPSERT_QUEUE), {**params, "channel": schema.channel}
+    return queue
+
+
+def _settings(queue: Queue) -> dict[str, Any]:
+    """The statement parameters of a queue's settings (those ``update_queue`` changes)."""
+    return {
+        "concurrency": queue.concurrency,
+        "executor": queue.executor,
+        "executor_options": Jsonb(queue.executor_options),
+        "polling_interval": float(queue.polling_interval),
+        "rate_limit": queue.rate_limit,
+        "rate_limit_window": queue.rate_limit_window,
+        "tags": sorted(queue.tags),
+    }
+
+
+@eager
+def get_queue_op(schema: q.Schema, name: str) -> Operation[Queue | None]:
+    """The declared queue named ``name``, or ``None``."""
+    check_queue_name(name, ConfigurationError)
+    rows = yield schema.render(q.SELECT_QUEUE), {"name": name}
+    return _queue_from_row(rows[0]) if rows else None
+
+
 _SET_QUEUE_STATE: LiteralString = """
 WITH changed AS (
     UPDATE {queues} SET state = %(state)s, resume_at = %(resume_at)s, updated_at = now()
@@ -760,20 +842,8 @@ def update_queue_op(schema: q.Schema, name: str, changes: dict[str, Any]) -> Ope
             f"queue {name!r} is not declared: declare it first (`chancy queue declare {name}`)"
         )
     queue = dataclasses.replace(_queue_from_row(rows[0]), **changes)  # validates
-    yield (
-        _render(schema, _UPDATE_QUEUE),
-        {
-            "name": name,
-            "concurrency": queue.concurrency,
-            "executor": queue.executor,
-            "executor_options": Jsonb(queue.executor_options),
-            "polling_interval": float(queue.polling_interval),
-            "rate_limit": queue.rate_limit,
-            "rate_limit_window": queue.rate_limit_window,
-            "tags": sorted(queue.tags),
-            "channel": schema.channel,
-        },
-    )
+    params = {**_settings(queue), "name": name, "channel": schema.channel}
+    yield _render(schema, _UPDATE_QUEUE), params
     return queue
 
 

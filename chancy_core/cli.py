@@ -312,7 +312,7 @@ def _app_from_arguments(args: argparse.Namespace, preloaded: Chancy | None) -> C
         app = preloaded
     else:
         app = Chancy(args.dsn, prefix=args.prefix or "chancy_")
-    explicit = getattr(app, "_dsn", None) is not None or bool(os.environ.get(DSN_ENV))
+    explicit = app._db.resolved is not None or bool(os.environ.get(DSN_ENV))
     if not explicit and not args.embedded:
         from chancy_core.embedded import home
 

@@ -1,10 +1,13 @@
-"""The worker's database operations, by name: the only worker code that knows statements.
+"""The database operations of the worker and of pushing, by name: the code that knows
+their statements (the operator's are in :mod:`chancy_core.admin`).
 
-Each operation is a sans-IO generator (as the app's are): it yields
-``(statement, params)`` steps and receives each step's rows, so it runs on any
-connection through the app's one runner (:meth:`Chancy.execute
-<chancy_core.app.Chancy.execute>`, or ``Chancy._run`` on a connection the caller
-holds), which translates errors the same way everywhere (a missing table becomes
+Each operation is a sans-IO generator, an :data:`Operation[T] <Operation>`: it yields
+steps (``(statement, params)``, or :class:`CopyRows`) and receives each step's rows, and
+returns its result of type ``T``. So it is written once and runs on any connection
+through the app's two drivers, one async and one sync (:meth:`Chancy.execute
+<chancy_core.app.Chancy.execute>` and ``sync_execute``, or ``Chancy._run`` on a
+connection the caller holds; see :mod:`chancy_core.app.database`), which translate
+errors the same way everywhere (a missing table becomes
 :class:`~chancy_core.errors.SchemaMissingError`, a lost connection
 :class:`~chancy_core.errors.DatabaseUnavailableError`).
 """
@@ -12,25 +15,44 @@ holds), which translates errors the same way everywhere (a missing table becomes
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chancy_core import events
 from chancy_core import sql as q
+from chancy_core.errors import InvalidJobError
+from chancy_core.job import Job, Reference, to_json
 from chancy_core.queue import Queue
 from chancy_core.sql import Schema, queue_from_row
 
+if TYPE_CHECKING:  # a TypeVar's default (PEP 696) is typing's from Python 3.13 only
+    from typing_extensions import TypeVar
+
+    T = TypeVar("T", default=Any)
+else:
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
 __all__ = [
     "Claimed",
+    "CopyRows",
     "IdHolder",
     "Operation",
     "OwnRunning",
     "Rows",
+    "Statement",
     "Step",
     "claim",
     "complete",
+    "copy_jobs",
+    "insert_jobs",
     "keyed_lock",
     "notify",
     "own_running",
@@ -40,12 +62,27 @@ __all__ = [
     "set_progress",
     "take_worker_id",
     "unregister_worker",
+    "uuid7",
 ]
 
 Rows = list[tuple[Any, ...]]
-Step = tuple[bytes, dict[str, Any]]
-#: A database operation: yields steps, receives their rows, returns its result.
-Operation = Generator[Step, Rows, Any]
+Statement = tuple[bytes, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRows:
+    """A step that streams ``rows`` with ``COPY ... FROM STDIN`` (binary, the columns of
+    ``types``); it receives no rows."""
+
+    statement: bytes
+    types: Sequence[str]
+    rows: Sequence[tuple[Any, ...]]
+
+
+Step = Statement | CopyRows
+#: A database operation returning a ``T``: it yields steps and receives their rows. A bare
+#: ``Operation`` is ``Operation[Any]``.
+Operation = Generator[Step, Rows, T]
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -147,18 +184,12 @@ def unregister_worker(schema: Schema, worker_id: str) -> Operation:
     yield schema.render(q.DELETE_WORKER), {"worker_id": worker_id}
 
 
-def notify(schema: Schema, payload: str) -> Operation:
-    """Send ``payload`` on the prefix's channel (the listener's ping)."""
-    yield (
-        b"SELECT pg_notify(%(channel)s, %(payload)s)",
-        {
-            "channel": schema.channel,
-            "payload": payload,
-        },
-    )
+def notify(schema: Schema, payload: str) -> Operation[None]:
+    """Send ``payload`` on the prefix's channel (the listener's ping, the app's events)."""
+    yield schema.render(q.NOTIFY), {"channel": schema.channel, "payload": payload}
 
 
-def select_queues(schema: Schema) -> Operation:
+def select_queues(schema: Schema) -> Operation[list[Queue]]:
     """Every declared queue."""
     rows = yield schema.render(q.SELECT_QUEUES), {}
     return [queue_from_row(row) for row in rows]
@@ -299,3 +330,155 @@ def set_progress(schema: Schema, worker_id: str, progress: Sequence[dict[str, An
         schema.render(q.SET_PROGRESS),
         {"progress": _encode(progress), "worker_id": worker_id},
     )
+
+
+# --- pushing -----------------------------------------------------------------------------------
+
+_last_ms = 0
+_seq = 0
+_uuid_lock = threading.Lock()
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (version 7), increasing within this process."""
+    global _last_ms, _seq
+    with _uuid_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms, _seq = ms, 0
+        else:
+            _seq += 1
+            if _seq > 0xFFF:
+                _last_ms, _seq = _last_ms + 1, 0
+        ms, seq = _last_ms, _seq
+    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    return uuid.UUID(int=(ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand)
+
+
+def _json(value: Any, what: str, job: Job) -> str:
+    if not value:
+        return "{}" if isinstance(value, dict) else to_json(value)
+    try:
+        # Refuses non-JSON values, non-string dict keys (JSON would silently turn 1 into "1"),
+        # NUL characters and lone surrogates, each saying what to do instead.
+        return to_json(value)
+    except ValueError as exc:
+        raise InvalidJobError(f"{what} of job {job.func} {exc}") from None
+
+
+def _limits(job: Job) -> str:
+    return json.dumps([limit.serialize() for limit in job.limits]) if job.limits else "[]"
+
+
+def insert_jobs(schema: Schema, jobs: Sequence[Job]) -> Operation[list[Reference]]:
+    """Insert ``jobs`` (one statement, a ``pushed`` event per queue in it); returns their
+    references, in order, or for a ``unique_key`` an unfinished job already holds, that
+    job's. A key freed meanwhile (its job finished) is inserted again."""
+    if len(jobs) == 1 and jobs[0].unique_key is None:  # every plain push(): no arrays
+        job = jobs[0]
+        job_id = uuid7()
+        yield (
+            schema.render(q.INSERT_JOB),
+            {
+                "id": job_id,
+                "queue": job.queue,
+                "func": job.func,
+                "kwargs": _json(job.kwargs, "kwargs", job),
+                "meta": _json(job.meta, "meta", job),
+                "priority": job.priority,
+                "max_attempts": job.max_attempts,
+                "scheduled_at": job.scheduled_at,
+                "limits": _limits(job),
+                "channel": schema.channel,
+            },
+        )
+        return [Reference(str(job_id))]
+    ids = [uuid7() for _ in jobs]
+    params: dict[str, Any] = {
+        "ids": ids,
+        "queues": [j.queue for j in jobs],
+        "funcs": [j.func for j in jobs],
+        "kwargs": [_json(j.kwargs, "kwargs", j) for j in jobs],
+        "metas": [_json(j.meta, "meta", j) for j in jobs],
+        "priorities": [j.priority for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "scheduled_at": [j.scheduled_at for j in jobs],
+        "limits": [_limits(j) for j in jobs],
+        "unique_keys": [j.unique_key for j in jobs],
+        "channel": schema.channel,
+    }
+    refs = [Reference(str(i)) for i in ids]
+    positions = list(range(len(jobs)))  # where each row of params stands in `jobs`
+    for _ in range(5):
+        inserted = {row[0] for row in (yield schema.render(q.INSERT_JOBS), params)}
+        conflicts = [
+            n
+            for n, (i, key) in enumerate(zip(params["ids"], params["unique_keys"], strict=True))
+            if key is not None and i not in inserted
+        ]
+        if not conflicts:
+            return refs
+        keys = [params["unique_keys"][n] for n in conflicts]
+        holders: dict[str, Any] = dict((yield schema.render(q.SELECT_UNIQUE), {"keys": keys}))
+        again = []
+        for n, key in zip(conflicts, keys, strict=True):
+            if key in holders:
+                refs[positions[n]] = Reference(str(holders[key]))
+            else:  # the job holding the key finished meanwhile: insert this one again
+                again.append(n)
+        if not again:
+            return refs
+        params = {k: [v[n] for n in again] if isinstance(v, list) else v for k, v in params.items()}
+        positions = [positions[n] for n in again]
+        params["ids"] = [uuid7() for _ in again]
+        for n, new_id in zip(positions, params["ids"], strict=True):
+            refs[n] = Reference(str(new_id))
+    raise InvalidJobError("unique keys kept conflicting while pushing; try again")
+
+
+# jsonb's binary format is a version byte (1) and the JSON text: COPY sends the already
+# checked text as is (declared bytea), instead of having psycopg encode it again.
+_JSONB_EMPTY_OBJECT = b"\x01{}"
+_JSONB_EMPTY_LIST = b"\x01[]"
+
+
+def _jsonb(text: str) -> bytes:
+    return b"\x01" + text.encode()
+
+
+def copy_jobs(schema: Schema, jobs: Sequence[Job]) -> Operation[list[Reference]]:
+    """Stream ``jobs`` (none with a ``unique_key``) with binary ``COPY``, then send one
+    ``pushed`` event per queue; returns their references. Every value is checked when the
+    operation is built, before it takes a connection. Run it in a transaction."""
+    refs = []
+    rows = []
+    for job in jobs:
+        job_id = uuid7()
+        refs.append(Reference(str(job_id)))
+        meta = _JSONB_EMPTY_OBJECT if job.meta == {} else _jsonb(_json(job.meta, "meta", job))
+        limits = _jsonb(_limits(job)) if job.limits else _JSONB_EMPTY_LIST
+        rows.append(
+            (
+                job_id,
+                job.queue,
+                job.func,
+                _jsonb(_json(job.kwargs, "kwargs", job)),
+                meta,
+                job.priority,
+                job.max_attempts,
+                job.scheduled_at,
+                limits,
+            )
+        )
+    queues = sorted({job.queue for job in jobs})
+    return _copied(
+        schema, CopyRows(schema.render(q.COPY_JOBS), q.COPY_JOBS_TYPES, rows), queues, refs
+    )
+
+
+def _copied(
+    schema: Schema, copy: CopyRows, queues: list[str], refs: list[Reference]
+) -> Operation[list[Reference]]:
+    yield copy
+    yield schema.render(q.NOTIFY_PUSHED), {"queues": queues, "channel": schema.channel}
+    return refs

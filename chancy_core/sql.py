@@ -181,7 +181,7 @@ COPY_JOBS: LiteralString = """
 COPY {jobs} (id, queue, func, kwargs, meta, priority, max_attempts, scheduled_at, limits)
 FROM STDIN (FORMAT BINARY)
 """
-# The jsonb columns are sent as bytea: rows carry jsonb's binary format (app._jsonb).
+# The jsonb columns are sent as bytea: rows carry jsonb's binary format (ops._jsonb).
 COPY_JOBS_TYPES = ("uuid", "text", "text", "bytea", "bytea", "int4", "int4", "timestamptz", "bytea")
 
 NOTIFY_PUSHED: LiteralString = """
@@ -292,14 +292,6 @@ SELECT_QUEUE: LiteralString = "SELECT " + QUEUE_COLUMNS + " FROM {queues} WHERE 
 DELETE_QUEUE: LiteralString = """
 WITH deleted AS (DELETE FROM {queues} WHERE name = %(name)s RETURNING name)
 SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM deleted
-"""
-
-SET_QUEUE_STATE: LiteralString = """
-WITH changed AS (
-    UPDATE {queues} SET state = %(state)s, updated_at = now() WHERE name = %(name)s
-    RETURNING name
-)
-SELECT pg_notify(%(channel)s, json_build_object('e', 'queue', 'q', name)::text) FROM changed
 """
 
 # --- workers -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ The Queue model needs no database; everything else runs on a real PostgreSQL
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import threading
 import time
@@ -540,6 +541,26 @@ def test_sync_api_pushes_reads_waits_and_declares_from_plain_sync_code(database)
         timer.join()
         assert done.state is QueuedJob.State.SUCCEEDED
         assert time.monotonic() - started < 2
+
+
+def test_every_sync_twin_takes_what_its_async_method_takes_and_says_whose_twin_it_is():
+    lifecycle = {"sync_open", "sync_close", "sync_connect"}  # the sync pool's own
+    twins = sorted(n for n in dir(Chancy) if n.startswith("sync_") and n not in lifecycle)
+    paired = [name for name in twins if hasattr(Chancy, name.removeprefix("sync_"))]
+    assert paired == twins and len(paired) >= 24, twins
+    for name in paired:
+        method = getattr(Chancy, name.removeprefix("sync_"))
+        sync = getattr(Chancy, name)
+        assert inspect.iscoroutinefunction(method), name
+        assert not inspect.iscoroutinefunction(sync), name
+        assert sync.__name__ == name
+        async_params = list(inspect.signature(method).parameters.values())
+        sync_params = list(inspect.signature(sync).parameters.values())
+        assert [(p.name, p.kind, p.default) for p in sync_params] == [
+            (p.name, p.kind, p.default) for p in async_params
+        ], name
+        assert sync.__doc__.startswith(f"Sync twin of :meth:`{method.__name__}`"), name
+        assert method.__doc__ and not method.__doc__.startswith("Sync twin"), name
 
 
 @pytest.mark.db

@@ -166,14 +166,14 @@ def test_chancy_parameters_in_the_dsn_are_taken_out_of_what_libpq_sees(monkeypat
     )
     app = Chancy("postgresql://u@h/db?prepare_threshold=0")
     assert app.dsn == "postgresql://u@h/db"
-    assert app._connect_kwargs()["prepare_threshold"] == 0
+    assert app._db.connect_kwargs()["prepare_threshold"] == 0
     with pytest.raises(ConfigurationError, match="true or false"):
         Chancy("postgresql://u@h/db?pgbouncer=maybe")
 
 
 def test_connection_defaults_keepalives_timeouts_and_pgbouncer_mode(monkeypatch):
     monkeypatch.delenv(PGBOUNCER_ENV, raising=False)  # the settings alone
-    kwargs = Chancy("postgresql://u@h/db", pgbouncer=False)._connect_kwargs()
+    kwargs = Chancy("postgresql://u@h/db", pgbouncer=False)._db.connect_kwargs()
     assert {k: kwargs[k] for k in DEFAULT_OPTIONS} == DEFAULT_OPTIONS
     assert kwargs["options"] == "-c statement_timeout=30000"
     assert "prepare_threshold" not in kwargs
@@ -182,17 +182,17 @@ def test_connection_defaults_keepalives_timeouts_and_pgbouncer_mode(monkeypatch)
         connection_options={"tcp_user_timeout": 1000},
         statement_timeout=2.5,
         pgbouncer=False,
-    )._connect_kwargs()
+    )._db.connect_kwargs()
     assert "keepalives_idle" not in given  # the DSN's wins
     assert given["tcp_user_timeout"] == 1000
     assert given["options"] == "-c work_mem=8MB -c statement_timeout=2500"
     bounced = Chancy("postgresql://u@h:6432/db", pgbouncer=True)
-    assert bounced._connect_kwargs()["prepare_threshold"] is None
-    assert "options" not in bounced._connect_kwargs()  # PgBouncer refuses it
+    assert bounced._db.connect_kwargs()["prepare_threshold"] is None
+    assert "options" not in bounced._db.connect_kwargs()  # PgBouncer refuses it
     assert not bounced.notifications
     direct = Chancy("postgresql://u@h:6432/db", pgbouncer=True, listen_dsn="postgresql://u@h/db")
     assert direct.notifications
-    assert direct._dedicated_dsn() == ("postgresql://u@h/db", True)
+    assert direct._db.dedicated_dsn() == ("postgresql://u@h/db", True)
     with pytest.raises(ConfigurationError, match="always autocommit"):
         Chancy("postgresql://u@h/db", connection_options={"autocommit": False})
     with pytest.raises(ConfigurationError, match="libpq parameters"):

@@ -43,11 +43,9 @@ from rich.table import Table
 
 from chancy_core import admin
 from chancy_core.app import DSN_ENV, Chancy, mask_dsn
-from chancy_core.connection import cannot_connect_message
 from chancy_core.errors import (
     ChancyError,
     ConfigurationError,
-    DatabaseUnavailableError,
     JobNotFoundError,
     QueueNotFoundError,
     WorkerError,
@@ -486,7 +484,7 @@ async def _check(app: Chancy, args: argparse.Namespace) -> int:
     try:
         conn = await app.connect()
     except ChancyError as exc:
-        checks.append({"check": "connect", "ok": False, "detail": _explained(app, exc)})
+        checks.append({"check": "connect", "ok": False, "detail": str(exc)})
         return _report_checks(checks, args)
     async with conn:
         cur = await conn.execute("SELECT current_setting('server_version')")
@@ -1759,23 +1757,6 @@ def _error(message: str, status: int) -> int:
     return status
 
 
-_OLD_ADVICE = ". Check that PostgreSQL is running and that the DSN (or CHANCY_DSN) is right"
-
-
-def _explained(app: Chancy | None, exc: BaseException) -> str:
-    """``exc``'s message; for a failed connection, with advice that fits libpq's reason
-    (create the database, the role...) rather than "check that PostgreSQL is running"."""
-    text = str(exc)
-    if app is None or not isinstance(exc, DatabaseUnavailableError):
-        return text
-    masked = mask_dsn(app.dsn)
-    head = f"cannot connect to {masked!r}: "
-    # The app's message still ends with the generic advice: replace it (already masked).
-    if text.startswith(head) and text.endswith(_OLD_ADVICE):
-        return cannot_connect_message(app.dsn, masked, text[len(head) : -len(_OLD_ADVICE)])
-    return text
-
-
 def _status_of(exc: BaseException) -> int:
     if isinstance(exc, UsageError):
         return EXIT_USAGE
@@ -1823,13 +1804,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     is_worker = args.command == "worker" and getattr(args, "action", None) == "start"
     setup_logging(verbose=args.verbose, quiet=args.quiet, fmt=args.log_format, worker=is_worker)
-    app: Chancy | None = None
     try:
         if getattr(args, "local", None):
             return int(args.local(args, pm))
         if is_worker and args.processes > 1:
             return _start_processes(argv, args.processes)
-        app = chosen = _app_from_arguments(args, preloaded)
+        chosen = _app_from_arguments(args, preloaded)
 
         async def run() -> int:
             if getattr(args, "unopened", False):  # the handler connects by itself
@@ -1849,7 +1829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return EXIT_OK
     except (ChancyError, TimeoutError) as exc:
-        return _error(_explained(app, exc), _status_of(exc))
+        return _error(str(exc), _status_of(exc))
     except Exception as exc:
         if verbose:
             traceback.print_exc()

@@ -51,10 +51,14 @@ transaction mode, which only costs the prepared statements and LISTEN): set
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import socket
+import threading
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +74,7 @@ __all__ = [
     "PGBOUNCER_POLL_INTERVAL",
     "ConnectionSettings",
     "cannot_connect_message",
+    "cut_after",
     "detect_pgbouncer",
     "refused_startup_options",
     "split_dsn",
@@ -356,3 +361,28 @@ def detect_pgbouncer(conn: psycopg.Connection[Any], dsn: str, kwargs: dict[str, 
                 port,
             )
     return found
+
+
+@contextlib.contextmanager
+def cut_after(conn: psycopg.Connection[Any], seconds: float) -> Iterator[threading.Event]:
+    """Shut ``conn``'s socket down if the block outlasts ``seconds``: a blocking call of the
+    sync API cannot be cancelled otherwise, and fails at once when its socket is cut. The
+    event yielded says whether it was (then the call's error means "too slow")."""
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with contextlib.suppress(OSError, ValueError):
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.close()
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()

@@ -22,7 +22,7 @@ import pytest
 
 from chancy_core import Chancy, Job, Limit, Queue, QueuedJob, Reference, events, job
 from chancy_core.app import COPY_MIN_JOBS
-from chancy_core.errors import InvalidJobError, JobNotFoundError
+from chancy_core.errors import ConfigurationError, InvalidJobError, JobNotFoundError
 
 # --- the Queue model (no database) ----------------------------------------------------------
 
@@ -683,3 +683,24 @@ async def test_wait_for_job_holds_every_waiter_slot_while_it_waits(chancy):
         with pytest.raises(TimeoutError):
             await chancy.wait_for_job(ref, timeout=1.5, interval=0.2)
     assert held == [events.WAITER_SLOTS]
+
+
+def test_push_many_ex_refuses_what_is_not_a_psycopg3_connection_of_its_kind(database):
+    """A psycopg2-style DB-API connection (here sqlite3's) or an async connection given to
+    the sync API: a clear ConfigurationError, and nothing pushed (new-user trial M9)."""
+    import sqlite3
+
+    with Chancy(database) as app:
+        other = sqlite3.connect(":memory:")
+        with pytest.raises(ConfigurationError, match="needs a psycopg 3 connection"):
+            app.sync_push_many_ex(other, [a_job()])
+        other.close()
+
+        async def wrong_kind() -> None:
+            async with await psycopg.AsyncConnection.connect(database) as conn:
+                with pytest.raises(ConfigurationError, match="use push_many_ex"):
+                    app.sync_push_many_ex(conn, [a_job()])  # type: ignore[arg-type]
+
+        anyio.run(wrong_kind)
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM chancy_jobs").fetchone() == (0,)

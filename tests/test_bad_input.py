@@ -307,6 +307,15 @@ def test_unreachable_server_raises_database_unavailable_from_sync_api_too():
     assert "s3cret" not in str(err.value)
 
 
+@pytest.mark.db
+def test_a_missing_database_says_to_create_it_from_the_python_api_too(postgres_dsn: str) -> None:
+    """The advice fits libpq's reason (new-user trial L4): not "is PostgreSQL running?"."""
+    missing = dsn_for_database(postgres_dsn, f"chancy_missing_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(DatabaseUnavailableError, match="Create the database") as err:
+        Chancy(missing, connect_timeout=5).sync_push(Job(func="m.f"))
+    assert "\n" not in str(err.value) and "Check that PostgreSQL is running" not in str(err.value)
+
+
 # --- pushing bad input into a real database -------------------------------------------------
 
 

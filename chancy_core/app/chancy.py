@@ -26,7 +26,7 @@ from chancy_core.admin import JobPage, QueueStats, StateFilter, WorkerInfo
 from chancy_core.app import waiting
 from chancy_core.app.database import AsyncExecutor, Database
 from chancy_core.app.dsn import check_dsn, mask_dsn
-from chancy_core.app.pushing import Pusher
+from chancy_core.app.pushing import Pusher, check_target
 from chancy_core.app.twins import twin
 from chancy_core.connection import ConnectionSettings
 from chancy_core.errors import ConfigurationError
@@ -284,6 +284,7 @@ class Chancy:
     ) -> list[Reference]:
         """Push jobs inside the caller's transaction (on its connection or cursor):
         a rollback leaves none of them behind."""
+        check_target(target, sync=False)
         return await self._db.run(target, self._pusher.push_ex(jobs, batch_size))
 
     def sync_push_many_ex(
@@ -294,6 +295,7 @@ class Chancy:
         batch_size: int = 1000,
     ) -> list[Reference]:
         """Sync twin of :meth:`push_many_ex` (e.g. inside a Django or Flask transaction)."""
+        check_target(target, sync=True)
         return self._db.run_sync(target, self._pusher.push_ex(jobs, batch_size))
 
     # --- reading, cancelling and waiting (chancy_core.app.waiting) ---------------------------

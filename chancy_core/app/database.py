@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
@@ -30,6 +28,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from chancy_core.app.dsn import mask_dsn, mask_secrets_of, resolve_dsn
 from chancy_core.connection import (
     ConnectionSettings,
+    cannot_connect_message,
+    cut_after,
     detect_pgbouncer,
     refused_startup_options,
 )
@@ -278,11 +278,10 @@ class Database:
                 " statement_timeout (PgBouncer does): use Chancy(pgbouncer=True), or"
                 " statement_timeout=None and set it on the role"
             )
-        return DatabaseUnavailableError(
-            f"cannot connect to {mask_dsn(self.dsn)!r}:"  # one line: libpq's has several
-            f" {mask_secrets_of(self.dsn, ' '.join(str(exc).split()))}. Check that"
-            " PostgreSQL is running and that the DSN (or CHANCY_DSN) is right"
-        )
+        # One line (libpq's has several), with advice that fits libpq's reason.
+        detail = mask_secrets_of(self.dsn, " ".join(str(exc).split()))
+        message = cannot_connect_message(self.dsn, mask_dsn(self.dsn), detail)
+        return DatabaseUnavailableError(message)
 
     def translate(self, exc: psycopg.Error) -> Exception:
         """The error a call raises for ``exc``: the one translation of database errors."""
@@ -399,25 +398,10 @@ class Database:
     def sync_deadline(self, conn: psycopg.Connection[Any], what: str) -> Iterator[None]:
         """Cut ``conn``'s socket if the block outlasts ``call_timeout`` (a blocking call
         cannot be cancelled): the call then fails, and raises DatabaseUnavailableError."""
-        fired = threading.Event()
-
-        def cut() -> None:
-            fired.set()
-            with contextlib.suppress(OSError, ValueError):
-                sock = socket.socket(fileno=os.dup(conn.fileno()))
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                finally:
-                    sock.close()
-
-        timer = threading.Timer(self.call_timeout, cut)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        except Exception as exc:
-            if fired.is_set():
-                raise self.too_slow(what) from exc
-            raise
-        finally:
-            timer.cancel()
+        with cut_after(conn, self.call_timeout) as fired:
+            try:
+                yield
+            except Exception as exc:
+                if fired.is_set():
+                    raise self.too_slow(what) from exc
+                raise

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from chancy_core import admin, hooks, ops
 from chancy_core.errors import ConfigurationError, InvalidJobError, QueueNotFoundError
 from chancy_core.hooks import implemented
@@ -123,3 +125,27 @@ def _then(
     if first is not None:
         yield from first
     return (yield from then)
+
+
+def check_target(target: object, *, sync: bool) -> None:
+    """Refuse, clearly, a target ``push_many_ex`` cannot push on: not a psycopg 3
+    connection or cursor of the API's kind (a psycopg2 connection, an async one given to
+    the sync API...)."""
+    kinds: tuple[type, ...] = (
+        (psycopg.Connection, psycopg.Cursor)
+        if sync
+        else (psycopg.AsyncConnection, psycopg.AsyncCursor)
+    )
+    if isinstance(target, kinds):
+        return
+    kind = f"{type(target).__module__}.{type(target).__qualname__}"
+    name = "sync_push_many_ex" if sync else "push_many_ex"
+    other = "push_many_ex (async)" if sync else "sync_push_many_ex"
+    if isinstance(target, (psycopg.AsyncConnection, psycopg.AsyncCursor, psycopg.Connection,
+                           psycopg.Cursor)):  # fmt: skip
+        raise ConfigurationError(f"{name} was given a {kind}: use {other} for it")
+    raise ConfigurationError(
+        f"{name} needs a psycopg 3 connection or cursor, not a {kind}: psycopg2 and other"
+        " drivers cannot share their transaction with chancy (Django uses psycopg 3 when the"
+        " `psycopg` package is installed; Django's connection.connection is then one)"
+    )

@@ -41,20 +41,17 @@ Job.meta key owned: ``"workflow"``: ``{"id": workflow id, "step": name, "results
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import enum
 import json
 import logging
-import os
 import re
-import socket
 import sys
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, LiteralString
@@ -64,7 +61,7 @@ import psycopg
 from psycopg import sql
 
 from chancy_core import Chancy, ChancyError, Job, QueuedJob, Reference, hookimpl
-from chancy_core.connection import PGBOUNCER_POLL_INTERVAL
+from chancy_core.connection import PGBOUNCER_POLL_INTERVAL, cut_after
 from chancy_core.errors import (
     TRANSIENT_ERRORS,
     DatabaseUnavailableError,
@@ -794,30 +791,6 @@ async def wait_for_workflow(
             await conn.close()
 
 
-@contextlib.contextmanager
-def _cut_after(conn: psycopg.Connection[Any], seconds: float) -> Iterator[threading.Event]:
-    """Shut ``conn``'s socket down if the block outlasts ``seconds`` (a blocking read
-    cannot be cancelled otherwise); the event says whether it was cut."""
-    fired = threading.Event()
-
-    def cut() -> None:
-        fired.set()
-        with contextlib.suppress(OSError, ValueError):
-            sock = socket.socket(fileno=os.dup(conn.fileno()))
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            finally:
-                sock.close()
-
-    timer = threading.Timer(seconds, cut)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield fired
-    finally:
-        timer.cancel()
-
-
 def sync_wait_for_workflow(
     app: Chancy,
     workflow_id: str,
@@ -836,7 +809,7 @@ def sync_wait_for_workflow(
                 if conn is None or conn.closed:
                     conn = app.sync_connect()
                 if fresh or w.read_due():
-                    with _cut_after(conn, w.read_limit()) as cut:
+                    with cut_after(conn, w.read_limit()) as cut:
                         try:
                             if fresh:
                                 if w.listens:
@@ -1072,7 +1045,6 @@ def _sync_cancel_jobs(app: Chancy, job_ids: list[str]) -> None:
     """Cancel jobs from sync code. The core's ``cancel_job`` is async only: run it on a
     short-lived app of the same database and prefix, in a thread of its own (the caller
     may be inside an event loop)."""
-    import threading
 
     failure: list[BaseException] = []
 

@@ -64,7 +64,7 @@ def test_every_option_of_every_plugin_is_documented() -> None:
 
 def test_every_environment_variable_is_documented() -> None:
     names = set()
-    for path in [*ROOT.glob("chancy_core/*.py"), *ROOT.glob("plugins/*/chancy_plugin_*/*.py")]:
+    for path in [*ROOT.glob("chancy_core/**/*.py"), *ROOT.glob("plugins/*/chancy_plugin_*/*.py")]:
         text = path.read_text(encoding="utf-8")
         names |= set(re.findall(r'"(CHANCY_[A-Z_]+)"', text))
     assert {"CHANCY_DSN", "CHANCY_APP", "CHANCY_HOME", "CHANCY_METRICS_PORT"} <= names

@@ -98,23 +98,22 @@ def job_from_arguments(args: argparse.Namespace, **fields: Any) -> Job:
         "max_attempts": args.max_attempts,
         **fields,
     }
-    given = {k: v for k, v in given.items() if v is not None}
-    template = job_template(args.func)
-    if template is not None:
-        job = template.with_kwargs(**kwargs)
-        changes = {**given}
-        for name, value in changes.items():
-            job = _with(job, name, value)
-        return job
-    return Job(func=args.func, kwargs=kwargs, **given)
+    return _job(args.func, kwargs, {k: v for k, v in given.items() if v is not None})
 
 
-def _with(job: Job, name: str, value: Any) -> Job:
-    method = getattr(job, f"with_{name}", None)
-    if method is None:
-        raise ConfigurationError(f"a job has no field {name!r}")
-    result: Job = method(value)
-    return result
+def _job(func: str, kwargs: dict[str, Any], fields: dict[str, Any]) -> Job:
+    """The job of ``func`` with ``kwargs`` and ``fields``: its ``@job`` template with them
+    set when it can be imported, else a new :class:`Job`."""
+    template = job_template(func)
+    if template is None:
+        return Job(func=func, kwargs=kwargs, **fields)
+    job = template.with_kwargs(**kwargs)
+    for name, value in fields.items():
+        method = getattr(job, f"with_{name}", None)
+        if method is None:
+            raise ConfigurationError(f"a job has no field {name!r}")
+        job = method(value)
+    return job
 
 
 def _job_from_line(data: Any, where: str) -> Job:
@@ -139,12 +138,6 @@ def _job_from_line(data: Any, where: str) -> Job:
         except argparse.ArgumentTypeError as exc:
             raise ConfigurationError(f"{where}: scheduled_at {exc}") from None
     try:
-        template = job_template(data["func"])
-        if template is not None:
-            job = template.with_kwargs(**kwargs)
-            for name, value in fields.items():
-                job = _with(job, name, value)
-            return job
-        return Job(func=data["func"], kwargs=kwargs, **fields)
+        return _job(data["func"], kwargs, fields)
     except ChancyError as exc:
         raise ConfigurationError(f"{where}: {exc}") from None

@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any
 
@@ -214,7 +215,11 @@ async def _job_wait(app: Chancy, args: argparse.Namespace) -> int:
     return EXIT_OK if job.state is QueuedJob.State.SUCCEEDED else EXIT_JOB_FAILED
 
 
-def _bulk_or_refs(args: argparse.Namespace, what: str) -> dict[str, Any] | None:
+async def _on_matching(
+    args: argparse.Namespace, what: str, act: Callable[..., Awaitable[int]], done: str
+) -> bool:
+    """``job retry/cancel/delete`` with filter options: ``act`` on every matching job and
+    print ``done`` with the count; False when job references are given instead."""
     flt = _filter_of(args)
     if args.refs and flt:
         raise UsageError(f"job {what}: give job references or filter options, not both")
@@ -223,14 +228,14 @@ def _bulk_or_refs(args: argparse.Namespace, what: str) -> dict[str, Any] | None:
             f"job {what}: give job references, or filter options (--queue, --state, --func,"
             " --since, --until) to act on every matching job"
         )
-    return flt if not args.refs else None
+    if args.refs:
+        return False
+    print(done.format(await act(**flt)))
+    return True
 
 
 async def _job_retry(app: Chancy, args: argparse.Namespace) -> int:
-    flt = _bulk_or_refs(args, "retry")
-    if flt is not None:
-        count = await app.retry_jobs(**flt)
-        print(f"retried {count} job(s)")
+    if await _on_matching(args, "retry", app.retry_jobs, "retried {} job(s)"):
         return EXIT_OK
     for ref in args.refs:
         job = await app.retry_job(ref)
@@ -239,10 +244,7 @@ async def _job_retry(app: Chancy, args: argparse.Namespace) -> int:
 
 
 async def _job_cancel(app: Chancy, args: argparse.Namespace) -> int:
-    flt = _bulk_or_refs(args, "cancel")
-    if flt is not None:
-        count = await app.cancel_jobs(**flt)
-        print(f"cancelled {count} job(s)")
+    if await _on_matching(args, "cancel", app.cancel_jobs, "cancelled {} job(s)"):
         return EXIT_OK
     status = EXIT_OK
     for ref in args.refs:
@@ -262,10 +264,8 @@ async def _job_cancel(app: Chancy, args: argparse.Namespace) -> int:
 
 
 async def _job_delete(app: Chancy, args: argparse.Namespace) -> int:
-    flt = _bulk_or_refs(args, "delete")
-    if flt is not None:
-        count = await app.delete_jobs(**flt)
-        print(f"deleted {count} job(s) (running jobs are never deleted)")
+    done = "deleted {} job(s) (running jobs are never deleted)"
+    if await _on_matching(args, "delete", app.delete_jobs, done):
         return EXIT_OK
     for ref in args.refs:
         await app.delete_job(ref)

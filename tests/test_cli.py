@@ -173,6 +173,26 @@ def test_processes_gives_each_child_its_own_worker_id():
     assert argv == ["worker", "start", "--tags", "x"]
 
 
+def test_processes_children_never_start_children_of_their_own():
+    """argparse accepts abbreviations: `--proc 3` must not reach the children."""
+    from chancy_core.cli import build_parser
+    from chancy_core.cli.workers import _child_argv
+    from chancy_core.plugins import build_plugin_manager
+
+    parser = build_parser(build_plugin_manager(None, autoload=False))
+    argv = ["worker", "start", "--proc", "3", "--worker", "w", "--tags", "x"]
+    parent = parser.parse_args(argv)
+    assert (parent.processes, parent.worker_id) == (3, "w")
+    children = [parser.parse_args(_child_argv(argv, parent.worker_id, n)) for n in range(3)]
+    assert [(c.processes, c.worker_id, c.tags) for c in children] == [
+        (1, "w-1", ["x"]),
+        (1, "w-2", ["x"]),
+        (1, "w-3", ["x"]),
+    ]
+    plain = parser.parse_args(_child_argv(["worker", "start", "--processes=2"], None, 0))
+    assert (plain.processes, plain.worker_id) == (1, None)
+
+
 def test_job_push_limits_and_a_dropped_unique_key_push_is_told(database, capsys):
     dsn = ["--dsn", database, "-q"]
     assert run(capsys, *dsn, "queue", "declare", "default")[0] == 0

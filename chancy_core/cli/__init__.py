@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "local", None):
             return int(args.local(args, pm))
         if is_worker and args.processes > 1:
-            return _start_processes(argv, args.processes)
+            return _start_processes(argv, args.processes, args.worker_id)
         chosen = _app_from_arguments(args, preloaded)
 
         async def run() -> int:

@@ -143,37 +143,36 @@ def _option_value(argv: list[str], name: str) -> str | None:
     return found
 
 
-def _start_processes(argv: Sequence[str], count: int) -> int:
+def _child_argv(argv: Sequence[str], worker_id: str | None, n: int) -> list[str]:
+    """The arguments of child ``n`` (from 0) of ``worker start --processes N``: the parent's,
+    for one process, with the id ``ID-<n + 1>`` when the worker id is ``ID``.
+
+    The child's values come last, and the last value of an option wins: an abbreviation
+    argparse accepts (``--proc 3``, ``--worker w``) cannot reach a child, which would then
+    start children of its own, or share one id with its siblings."""
+    child = list(argv)
+    _option_value(child, "--processes")
+    _option_value(child, "--worker-id")
+    return [
+        *child,
+        "--processes",
+        "1",
+        *(["--worker-id", f"{worker_id}-{n + 1}"] if worker_id else []),
+    ]
+
+
+def _start_processes(argv: Sequence[str], count: int, worker_id: str | None) -> int:
     """Run ``count`` worker processes with the same arguments; forward SIGINT/SIGTERM.
 
     Child ``n`` gets ``$CHANCY_PROCESS_INDEX=n`` (0 to ``count - 1``; e.g. a metrics port
     per child) and, with ``--worker-id ID``, the id ``ID-<n + 1>``.
     """
-    child_argv: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--processes":
-            skip = True
-            continue
-        if arg.startswith("--processes="):
-            continue
-        child_argv.append(arg)
-    worker_id = _option_value(child_argv, "--worker-id")
     # Each child in its own process group: a terminal's Ctrl-C (sent to the foreground
     # group) reaches only this parent, which forwards it once; a child that got it twice
     # would take the second as "stop now" instead of draining its jobs.
     children = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chancy_core.cli",
-                *child_argv,
-                *(["--worker-id", f"{worker_id}-{n + 1}"] if worker_id else []),
-            ],
+            [sys.executable, "-m", "chancy_core.cli", *_child_argv(argv, worker_id, n)],
             env={**os.environ, "CHANCY_PROCESS_INDEX": str(n)},
             process_group=0,
         )

@@ -17,11 +17,13 @@ from chancy_core.cli.output import EXIT_CODES, EXIT_USAGE
 from chancy_core.job import QueuedJob
 
 Handler = Callable[[Chancy, argparse.Namespace], Awaitable[int]]
-
+"""A command's handler (``set_defaults(handler=...)``): runs it on the open app, returns
+the exit status."""
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
 
 STATES = [s.value for s in QueuedJob.State]
+"""The job states, for ``--state`` and the columns of ``queue stats``."""
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

@@ -73,6 +73,7 @@ class QueueProducer:
         start: Start,
         unwritten: Callable[[str], int],
         on_transient: Callable[[], Awaitable[None]],
+        hurry: Callable[[], None] = lambda: None,
         previous: QueueProducer | None = None,
         max_wait: float | None = None,
     ) -> None:
@@ -84,6 +85,9 @@ class QueueProducer:
         self._claim = claim
         self._start = start
         self._unwritten = unwritten
+        #: Asks the completer to write at once: called when unwritten outcomes hold
+        #: this producer back.
+        self._hurry = hurry
         self._on_transient = on_transient
         #: The longest wait between claims (``None``: ``polling_interval``); 0.5 s when
         #: no wake-up can come (behind PgBouncer without ``listen_dsn``).
@@ -146,6 +150,8 @@ class QueueProducer:
                             queue.name,
                             unwritten,
                         )
+                    if free > 0 and limit <= 0:
+                        self._hurry()  # the slots wait for the write, not the write for more
                     if queue.state is Queue.State.PAUSED or limit <= 0:
                         with anyio.move_on_after(self._poll(queue)):
                             await self._wake.wait()

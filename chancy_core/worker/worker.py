@@ -506,6 +506,7 @@ class Worker:
             start=self._start_job,
             unwritten=self._completer.unwritten,
             on_transient=self._check_pool,
+            hurry=self._completer.hurry,
             previous=previous,
             max_wait=None if self.chancy.notifications else 0.5,
         )

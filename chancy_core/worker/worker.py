@@ -76,7 +76,8 @@ class Worker:
     :param shutdown_timeout: seconds running jobs get to finish on shutdown
         before they are stopped and put back to ``pending``.
     :param completion_batch: outcomes written per statement at most.
-    :param completion_delay: seconds an outcome may wait for others to share its write.
+    :param completion_delay: seconds an outcome may wait for others to share its write
+        (none once a batch is full, or when unwritten outcomes hold claims back).
     :param max_result_bytes: the largest result (as JSON, in bytes) stored with a job;
         a larger one is not stored and the job's ``result_error`` says so (the job still
         succeeds). Default 1 MiB.

@@ -171,8 +171,10 @@ class JobRunner:
             func = self.resolver.resolve(job.func)
             if self.flags.starting or self.flags.wrap or wants_context(func):
                 meta_before = json.dumps(job.meta)  # the job (or a plugin) may change it
-            seconds = min(
-                (lim.value for lim in job.limits if lim.type_ is Limit.Type.TIME), default=None
+            seconds = (
+                min((lim.value for lim in job.limits if lim.type_ is Limit.Type.TIME), default=None)
+                if job.limits
+                else None
             )
             kwargs = job.kwargs or {}
             permanent = False

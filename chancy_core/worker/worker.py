@@ -101,7 +101,7 @@ class Worker:
         allow: Sequence[str] | None = None,
         heartbeat_interval: float = 5.0,
         shutdown_timeout: float = 30.0,
-        completion_batch: int = 150,
+        completion_batch: int = 200,
         completion_delay: float = 0.005,
         max_result_bytes: int = 1_048_576,
         progress_interval: float = 0.5,

@@ -412,6 +412,4 @@ class RunnerPool(Generic[T]):
 
     async def aclose(self) -> None:
         """Forget the idle runners (they are cancelled with their group)."""
-        for waiting in self._idle:
-            waiting.cancel()
         self._idle.clear()

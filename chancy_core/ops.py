@@ -320,7 +320,7 @@ def complete(schema: Schema, worker_id: str, outcomes: Sequence[dict[str, Any]])
             "slot": events.waiter_slot(worker_id),
         },
     )
-    return {str(row[0]) for row in rows}
+    return {row[0] for row in rows}
 
 
 def set_progress(schema: Schema, worker_id: str, progress: Sequence[dict[str, Any]]) -> Operation:

@@ -88,6 +88,8 @@ JOB_READ_COLUMNS: LiteralString = JOB_COLUMNS + ", result, result_error, progres
 J_RESULT, J_RESULT_ERROR, J_PROGRESS = range(15, 18)
 
 _STATES = {state.value: state for state in QueuedJob.State}
+#: Function names already found valid (a worker runs few distinct ones; bounded anyway).
+_VALID_FUNCS: set[str] = set()
 
 
 def job_from_row(row: Sequence[Any]) -> QueuedJob:
@@ -99,8 +101,11 @@ def job_from_row(row: Sequence[Any]) -> QueuedJob:
     func = row[J_FUNC]
     meta = row[J_META]
     kwargs = row[J_KWARGS]
-    if not isinstance(func, str) or not FUNC_NAME.match(func):
-        raise InvalidJobError(f"invalid func {func!r}: not an importable name")
+    if func not in _VALID_FUNCS:
+        if not isinstance(func, str) or not FUNC_NAME.match(func):
+            raise InvalidJobError(f"invalid func {func!r}: not an importable name")
+        if len(_VALID_FUNCS) < 10_000:
+            _VALID_FUNCS.add(func)
     if not isinstance(meta, dict):
         raise InvalidJobError(f"meta must be a dict, not {type(meta).__name__}")
     if kwargs is not None and not isinstance(kwargs, dict):
@@ -367,10 +372,12 @@ SET state = 'running', attempts = j.attempts + 1, started_at = now(), taken_by =
     claim_token = %(token)s, progress = NULL
 FROM claimed
 WHERE j.id = claimed.id
-RETURNING """
-    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+RETURNING j.id::text, """
+    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(",")[1:])
 )
-# A claimed row is JOB_COLUMNS; the claim's token is not part of the job, the worker keeps it.
+# A claimed row is JOB_COLUMNS (the id as text: the worker keeps ids as strings, and a
+# uuid.UUID built per job, then turned into a string, costs ~2 µs); the claim's token is not
+# part of the job, the worker keeps it.
 
 # Take up to %(wanted)s tokens of a queue's rate limit for the current fixed window, on the
 # database's clock; returns how many were granted. Run in the claim's transaction: the row
@@ -446,7 +453,7 @@ WITH outcome AS (
     ) AS finished
     WHERE NOT pg_try_advisory_xact_lock(%(waiters)s::int4, %(slot)s::int4)
 )
-SELECT done.id FROM done, notified
+SELECT done.id::text FROM done, notified
 """
 
 # The latest progress of running jobs, fenced like an outcome (a late write after the
@@ -591,8 +598,8 @@ _KEYED_TAKE: LiteralString = (
         taken_by = %(worker_id)s, claim_token = %(token)s, progress = NULL
     FROM claimed
     WHERE j.id = claimed.id
-    RETURNING """
-    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    RETURNING j.id::text, """
+    + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(",")[1:])
     + """
 )
 """

@@ -87,7 +87,9 @@ OnWritten = Callable[[Sequence[Completion], set[str]], Awaitable[None]]
 
 class Completer:
     """Writes outcomes in batches of up to ``batch``, each waiting at most ``delay``
-    seconds for others to share its write. Nothing is reported before it is written.
+    seconds for others to share its write: not at all once a batch is full, or when a
+    producer is held back by outcomes not written yet (:meth:`hurry`). Nothing is
+    reported before it is written.
 
     An outcome leaves the list only once written; writing one twice is harmless (the
     write is fenced). A write that fails for any other reason than a refused value (a
@@ -110,6 +112,9 @@ class Completer:
         self._unwritten: dict[str, int] = {}
         #: Set when an outcome is recorded; replaced by flush() once all are written.
         self._ready = anyio.Event()
+        #: Set when waiting for more outcomes is pointless (a full batch, a held-back
+        #: producer); replaced by run() before each write.
+        self._hurry = anyio.Event()
         #: One writer at a time: the run() task, or the shutdown.
         self._lock = anyio.Lock()
 
@@ -118,6 +123,12 @@ class Completer:
         self._unwritten[completion.queue] = self._unwritten.get(completion.queue, 0) + 1
         self._pending.append(completion)
         self._ready.set()
+        if len(self._pending) >= self.batch:
+            self._hurry.set()
+
+    def hurry(self) -> None:
+        """Write what is recorded without waiting for more (a producer is held back)."""
+        self._hurry.set()
 
     def unwritten(self, queue: str) -> int:
         """How many outcomes of ``queue`` are recorded but not yet written."""
@@ -139,7 +150,9 @@ class Completer:
         while True:
             await self._ready.wait()
             if len(self._pending) < self.batch:
-                await anyio.sleep(self.delay)
+                with anyio.move_on_after(self.delay):
+                    await self._hurry.wait()
+            self._hurry = anyio.Event()
             await self.flush()
 
     async def flush(self) -> None:

@@ -21,6 +21,9 @@ __all__ = ["QueueProducer", "Slots"]
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
+#: Seconds claims may wait for outcomes to be written before the producer says so (at
+#: full speed they wait for each write, briefly: that is the backpressure working).
+_HELD_TOO_LONG = 1.0
 
 
 class Slots:
@@ -73,6 +76,7 @@ class QueueProducer:
         start: Start,
         unwritten: Callable[[str], int],
         on_transient: Callable[[], Awaitable[None]],
+        hurry: Callable[[], None] = lambda: None,
         previous: QueueProducer | None = None,
         max_wait: float | None = None,
     ) -> None:
@@ -84,6 +88,9 @@ class QueueProducer:
         self._claim = claim
         self._start = start
         self._unwritten = unwritten
+        #: Asks the completer to write at once: called when unwritten outcomes hold
+        #: this producer back.
+        self._hurry = hurry
         self._on_transient = on_transient
         #: The longest wait between claims (``None``: ``polling_interval``); 0.5 s when
         #: no wake-up can come (behind PgBouncer without ``listen_dsn``).
@@ -130,6 +137,7 @@ class QueueProducer:
         """The fetch loop, until retired or cancelled."""
         delay = 0.1
         held_back = False
+        held_since: float | None = None  # when unwritten outcomes began to hold claims back
         try:
             with self.scope:
                 while True:
@@ -138,14 +146,21 @@ class QueueProducer:
                     free = self.slots.free()
                     unwritten = self._unwritten(queue.name)
                     limit = min(free, free + queue.concurrency - unwritten)
-                    if free > 0 and limit <= 0 and not held_back:
-                        held_back = True  # once, until every outcome is written
-                        log.warning(
-                            "queue %s: not claiming while %d outcomes are not written yet"
-                            " (the database is slow or away; they are kept and retried)",
-                            queue.name,
-                            unwritten,
-                        )
+                    if free > 0 and limit <= 0:
+                        self._hurry()  # the slots wait for the write, not the write for more
+                        # Said once the write is slow, not in every cycle at full speed.
+                        if held_since is None:
+                            held_since = time.monotonic()
+                        elif not held_back and time.monotonic() - held_since >= _HELD_TOO_LONG:
+                            held_back = True  # once, until every outcome is written
+                            log.warning(
+                                "queue %s: not claiming while %d outcomes are not written yet"
+                                " (the database is slow or away; they are kept and retried)",
+                                queue.name,
+                                unwritten,
+                            )
+                    else:
+                        held_since = None
                     if queue.state is Queue.State.PAUSED or limit <= 0:
                         with anyio.move_on_after(self._poll(queue)):
                             await self._wake.wait()

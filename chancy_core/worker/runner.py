@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import math
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -77,13 +77,25 @@ def _deadline(scope: anyio.CancelScope, seconds: float) -> None:
     scope.deadline = anyio.current_time() + seconds
 
 
+_scope_class: Callable[[], anyio.CancelScope] | None = None
+
+
+def new_scope() -> anyio.CancelScope:
+    """A new ``anyio.CancelScope()``, without the event-loop look-up each one costs (the
+    backend's class is found once: ~0.3 µs a scope instead of ~2 µs)."""
+    global _scope_class
+    if _scope_class is None:
+        _scope_class = type(anyio.CancelScope())
+    return _scope_class()
+
+
 @dataclass(eq=False, slots=True)
 class Running:
     """A job this worker is executing, under the claim that took it."""
 
     job: QueuedJob
     token: str
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope = field(default_factory=new_scope)
     stop_reason: str | None = None  # "cancel", "shutdown" or "fenced"
     #: The last progress the job reported, and how many times it reported (set by
     #: report_progress, maybe from the job's thread) / how many are written (the loop).
@@ -159,8 +171,10 @@ class JobRunner:
             func = self.resolver.resolve(job.func)
             if self.flags.starting or self.flags.wrap or wants_context(func):
                 meta_before = json.dumps(job.meta)  # the job (or a plugin) may change it
-            seconds = min(
-                (lim.value for lim in job.limits if lim.type_ is Limit.Type.TIME), default=None
+            seconds = (
+                min((lim.value for lim in job.limits if lim.type_ is Limit.Type.TIME), default=None)
+                if job.limits
+                else None
             )
             kwargs = job.kwargs or {}
             permanent = False
@@ -361,15 +375,16 @@ def _log_failure(
 
 
 class RunnerPool(Generic[T]):
-    """Long-lived runner tasks: a claimed job goes to an idle runner over a memory stream
-    (a hand-over costs ~5 µs, a new task ~40 µs); a new runner starts only when none is
-    idle, so there are as many as jobs ever ran at once."""
+    """Long-lived runner tasks: a claimed job goes to an idle runner through a future
+    (a hand-over costs ~1.5 µs; anyio's memory stream, with its checkpoint and event per
+    item, ~15 µs; a new task ~40 µs); a new runner starts only when none is idle, so there
+    are as many as jobs ever ran at once. (The worker runs on asyncio: psycopg's async
+    connections need it.)"""
 
     def __init__(self, run: Callable[[T], Awaitable[None]]) -> None:
         self._run = run
-        self._send, self._receive = anyio.create_memory_object_stream[T](math.inf)
-        #: Runners waiting for a job. Changed by submit() and the runners (one loop).
-        self._idle = 0
+        #: The futures idle runners wait on. Changed by submit() and the runners (one loop).
+        self._idle: list[asyncio.Future[T]] = []
         self._tg: anyio.abc.TaskGroup | None = None
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -378,20 +393,23 @@ class RunnerPool(Generic[T]):
 
     def submit(self, item: T) -> None:
         """Run ``item`` on an idle runner, or on a new one."""
-        if self._idle:
-            self._idle -= 1
-            self._send.send_nowait(item)
-        else:
-            assert self._tg is not None, "RunnerPool.start() was not called"
-            self._tg.start_soon(self._runner, item)
+        idle = self._idle
+        while idle:
+            waiting = idle.pop()
+            if not waiting.done():  # not a runner cancelled while idle
+                waiting.set_result(item)
+                return
+        assert self._tg is not None, "RunnerPool.start() was not called"
+        self._tg.start_soon(self._runner, item)
 
     async def _runner(self, item: T) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._run(item)
-            self._idle += 1
-            item = await self._receive.receive()
+            waiting: asyncio.Future[T] = loop.create_future()
+            self._idle.append(waiting)
+            item = await waiting
 
     async def aclose(self) -> None:
-        """Close the hand-over stream (idle runners are cancelled with their group)."""
-        await self._send.aclose()
-        await self._receive.aclose()
+        """Forget the idle runners (they are cancelled with their group)."""
+        self._idle.clear()

@@ -77,7 +77,8 @@ class Worker:
     :param shutdown_timeout: seconds running jobs get to finish on shutdown
         before they are stopped and put back to ``pending``.
     :param completion_batch: outcomes written per statement at most.
-    :param completion_delay: seconds an outcome may wait for others to share its write.
+    :param completion_delay: seconds an outcome may wait for others to share its write
+        (none once a batch is full, or when unwritten outcomes hold claims back).
     :param max_result_bytes: the largest result (as JSON, in bytes) stored with a job;
         a larger one is not stored and the job's ``result_error`` says so (the job still
         succeeds). Default 1 MiB.
@@ -101,7 +102,7 @@ class Worker:
         allow: Sequence[str] | None = None,
         heartbeat_interval: float = 5.0,
         shutdown_timeout: float = 30.0,
-        completion_batch: int = 150,
+        completion_batch: int = 200,
         completion_delay: float = 0.005,
         max_result_bytes: int = 1_048_576,
         progress_interval: float = 0.5,
@@ -514,6 +515,7 @@ class Worker:
             start=self._start_job,
             unwritten=self._completer.unwritten,
             on_transient=self._check_pool,
+            hurry=self._completer.hurry,
             previous=previous,
             max_wait=None if self.chancy.notifications else 0.5,
         )

@@ -69,7 +69,7 @@ from chancy_core.errors import (
     SchemaMissingError,
 )
 from chancy_core.migrations import MigrationSet, load_migrations
-from chancy_core.worker.listener import ListenerStalled, parse_ping, ping_payload
+from chancy_core.events import ListenerStalled, parse_ping, ping_payload
 from chancy_plugin_workflow import queries as q
 
 if TYPE_CHECKING:
@@ -583,7 +583,7 @@ class _Waiting:
     proof of life.
 
     Like the worker's listener (``chancy_core.worker.listener``), the waiter sends a ping
-    (:func:`~chancy_core.worker.listener.ping_payload`, a NOTIFY on the workflows'
+    (:func:`~chancy_core.events.ping_payload`, a NOTIFY on the workflows'
     channel through the app's pool) every ``ping_interval`` seconds and expects it back
     on its own connection within ``2 * ping_interval + call_timeout`` seconds; when it
     does not come (a half-open connection, or one whose LISTEN was lost), the waiter

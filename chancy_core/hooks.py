@@ -9,7 +9,11 @@ one implementation at a time, the caller's ``_hookexec``), so pluggy's tracing
   plugin's name and skipped; the others still run. Results that are awaitable are
   awaited (event hooks may be ``async def``).
 * Decision hooks (:func:`decide`) stop at the first non-``None`` result; if an
-  implementation raises, it is logged and the core's ``trylast`` default decides.
+  implementation raises, it is logged and the core's ``trylast`` default decides
+  (:func:`decide_or`: a fixed safe answer, where the default is not the safe side).
+* Collecting hooks (:func:`collect`) return every result; they are not isolated: an
+  implementation that raises fails the call (a plugin's migrations that cannot be
+  read must stop ``migrate()``).
 * :class:`HookFlags` says, once per worker, which per-job hooks any plugin
   implements, so a hook nobody implements costs nothing per job.
 """
@@ -32,7 +36,9 @@ __all__ = [
     "HookFlags",
     "call_event",
     "call_sync_event",
+    "collect",
     "decide",
+    "decide_or",
     "implemented",
     "results",
 ]
@@ -102,6 +108,28 @@ def decide(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
         if impl.plugin_name == CORE_DEFAULTS:
             return _call_one(hook, impl, kwargs)
     return None
+
+
+def decide_or(hook: pluggy.HookCaller, if_raises: Any, **kwargs: Any) -> Any:
+    """Call a decision (``firstresult``) hook. If an implementation raises, it is logged
+    and ``if_raises`` is the answer (for a decision whose safe side is not the core's
+    default, e.g. ``chancy_elects_leader``: wait for a leader)."""
+    try:
+        return hook(**kwargs)
+    except Exception:
+        log.exception(
+            "a plugin failed in %s; answering %r (the safe side)",
+            hook.name,
+            if_raises,
+            extra={"hook": hook.name},
+        )
+        return if_raises
+
+
+def collect(hook: pluggy.HookCaller, **kwargs: Any) -> list[Any]:
+    """Call a collecting hook: every implementation's non-``None`` result, in pluggy's
+    order. Not isolated: an implementation that raises fails the call."""
+    return cast("list[Any]", hook(**kwargs))
 
 
 def _failed(hook: pluggy.HookCaller, impl: pluggy.HookImpl) -> None:

@@ -20,7 +20,7 @@ import pluggy
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from chancy_core import admin, ops
+from chancy_core import admin, hooks, ops
 from chancy_core import sql as q
 from chancy_core.admin import JobPage, QueueStats, StateFilter, WorkerInfo
 from chancy_core.app import waiting
@@ -236,7 +236,8 @@ class Chancy:
     def migration_sets(self) -> list[MigrationSet]:
         """The core's migrations, then each plugin's, in registration order."""
         sets = [load_migrations("core", "chancy_core.migrations.core")]
-        sets += [s for s in reversed(self.plugins.hook.chancy_migrations(app=self)) if s]
+        found = hooks.collect(self.plugins.hook.chancy_migrations, app=self)
+        sets += [s for s in reversed(found) if s]
         return sets
 
     async def migrate(self) -> list[str]:

@@ -68,8 +68,8 @@ from chancy_core.errors import (
     InvalidJobError,
     SchemaMissingError,
 )
-from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_core.events import ListenerStalled, parse_ping, ping_payload
+from chancy_core.migrations import MigrationSet, load_migrations
 from chancy_plugin_workflow import queries as q
 
 if TYPE_CHECKING:

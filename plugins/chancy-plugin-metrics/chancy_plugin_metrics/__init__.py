@@ -612,17 +612,27 @@ class Metrics:
             )
             return [
                 HistoryRow(
-                    bucket=row[0],
-                    queue=row[1],
-                    func=row[2],
-                    outcome=row[3],
-                    jobs=int(row[4]),
-                    run_seconds_sum=row[5],
-                    run_seconds_max=row[6],
-                    wait_seconds_sum=row[7],
-                    wait_seconds_max=row[8],
+                    bucket=bucket,
+                    queue=queue_name,
+                    func=func_name,
+                    outcome=outcome,
+                    jobs=int(jobs),
+                    run_seconds_sum=run_sum,
+                    run_seconds_max=run_max,
+                    wait_seconds_sum=wait_sum,
+                    wait_seconds_max=wait_max,
                 )
-                for row in rows
+                for (
+                    bucket,
+                    queue_name,
+                    func_name,
+                    outcome,
+                    jobs,
+                    run_sum,
+                    run_max,
+                    wait_sum,
+                    wait_max,
+                ) in rows
             ]
 
         found: list[HistoryRow] = await app.execute(op())

@@ -998,7 +998,8 @@ def _cancel_op(app: Chancy, workflow_id: object) -> Operation:
     rows = yield app.schema.render(q.LOCK_ONE), {"id": wid}
     if not rows:
         raise WorkflowNotFoundError(f"workflow {wid} does not exist")
-    if rows[0][0] != WorkflowState.RUNNING:
+    ((state,),) = rows
+    if state != WorkflowState.RUNNING:
         return None
     ((count, job_ids),) = yield app.schema.render(q.CANCEL_STEPS), {"id": wid}
     yield (

@@ -73,7 +73,6 @@ StateFilter = QueuedJob.State | str | Sequence[QueuedJob.State | str] | None
 
 ALL_STATES = tuple(s.value for s in QueuedJob.State)
 WAITING = ("pending", "retrying")
-UNFINISHED = ("pending", "running", "retrying")
 
 QUEUE_CHANGES = frozenset(
     {

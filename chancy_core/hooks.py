@@ -148,8 +148,6 @@ class HookFlags:
     starting: bool
     wrap: bool
     completed: bool
-    retry: bool
-    """Whether a plugin (not only the core's default) implements ``chancy_retry_decision``."""
 
     @classmethod
     def of(cls, hook: Any) -> HookFlags:
@@ -158,10 +156,6 @@ class HookFlags:
             starting=implemented(hook.chancy_job_starting),
             wrap=implemented(hook.chancy_job_wrap),
             completed=implemented(hook.chancy_job_completed),
-            retry=any(
-                impl.plugin_name != CORE_DEFAULTS
-                for impl in hook.chancy_retry_decision.get_hookimpls()
-            ),
         )
 
 

@@ -112,10 +112,19 @@ def test_a_failing_decision_can_answer_its_safe_side(caplog) -> None:
     assert decide_or(quiet.hook.chancy_elects_leader, True, worker=None) is False  # default
 
 
+class Completes:
+    name = "completes"
+
+    @hookimpl
+    def chancy_job_completed(self, job: Any) -> None:
+        return None
+
+
 def test_hook_flags_ignore_the_core_defaults() -> None:
     none = HookFlags.of(build_plugin_manager([], autoload=False).hook)
-    assert none == HookFlags(starting=False, wrap=False, completed=False, retry=False)
-    assert HookFlags.of(build_plugin_manager([Failing()], autoload=False).hook).retry
+    assert none == HookFlags(starting=False, wrap=False, completed=False)
+    completes = HookFlags.of(build_plugin_manager([Completes()], autoload=False).hook)
+    assert completes == HookFlags(starting=False, wrap=False, completed=True)
 
 
 class Suppressing:

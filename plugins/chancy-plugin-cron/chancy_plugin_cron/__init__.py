@@ -158,14 +158,17 @@ class Cron:
 
     @hookimpl
     def chancy_migrations(self, app: Chancy) -> MigrationSet:
+        """The ``cron_schedules`` table."""
         return load_migrations("cron", "chancy_plugin_cron.migrations")
 
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        """The leader-only scheduler task."""
         register("cron.scheduler", self._scheduler, leader_only=True)
 
     @hookimpl
     def chancy_register_commands(self, subparsers: Any) -> None:
+        """``chancy cron ...``."""
         _register_commands(subparsers)
 
     # --- the API -------------------------------------------------------------------------

@@ -265,19 +265,23 @@ class Leadership:
 
     @hookimpl
     def chancy_migrations(self) -> MigrationSet:
+        """The lease table."""
         return load_migrations(KEY, "chancy_plugin_leadership.migrations")
 
     @hookimpl
     def chancy_elects_leader(self) -> bool:
+        """This plugin elects: leader-only tasks wait for the lease."""
         return True
 
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        """The task that takes and renews the lease."""
         self._states[worker.worker_id] = _State()
         register("leadership", self.run)
 
     @hookimpl
     async def chancy_worker_stopping(self, worker: Worker) -> None:
+        """Hand the lease over at once (the next attempt of any worker takes it)."""
         state = self._states.get(worker.worker_id)
         if state is not None:
             state.stopping = True

@@ -356,6 +356,7 @@ class Metrics:
 
     @hookimpl
     def chancy_migrations(self, app: Chancy) -> MigrationSet:
+        """The per-minute history table."""
         return load_migrations("metrics", "chancy_plugin_metrics.migrations")
 
     def label_of(self, worker: Worker) -> str:
@@ -368,6 +369,7 @@ class Metrics:
 
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        """Sample queue depths and write the history, in this worker."""
         self.label_of(worker)
         self._workers[worker.worker_id] = worker
         register("metrics.depths", self._sample_depths)
@@ -378,10 +380,12 @@ class Metrics:
 
     @hookimpl
     def chancy_leadership_changed(self, worker: Worker, is_leader: bool) -> None:
+        """Count the leadership change."""
         self.leadership_changes.labels(self.label_of(worker), "1" if is_leader else "0").inc()
 
     @hookimpl
     def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
+        """Record the attempt's outcome, run time and wait time."""
         self.record(
             job, outcome.run_seconds, state=outcome.state.value, wait_seconds=outcome.wait_seconds
         )

@@ -173,8 +173,10 @@ class Pruner:
 
     @hookimpl
     def chancy_migrations(self) -> MigrationSet:
+        """The pruner's index on the jobs table."""
         return load_migrations(KEY, "chancy_plugin_pruner.migrations")
 
     @hookimpl
     def chancy_worker_tasks(self, register: RegisterTask) -> None:
+        """The leader-only pruning task."""
         register("pruner", self.run, leader_only=True)

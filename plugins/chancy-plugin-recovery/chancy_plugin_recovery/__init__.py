@@ -325,4 +325,5 @@ class Recovery:
 
     @hookimpl
     def chancy_worker_tasks(self, register: RegisterTask) -> None:
+        """The leader-only rescue task."""
         register("recovery", self.run, leader_only=True)

@@ -1264,19 +1264,23 @@ class Workflows:
 
     @hookimpl
     def chancy_migrations(self, app: Chancy) -> MigrationSet:
+        """The workflow tables."""
         return load_migrations("workflow", "chancy_plugin_workflow.migrations")
 
     @hookimpl
     def chancy_register_commands(self, subparsers: Any) -> None:
+        """``chancy workflow ...``."""
         _register_commands(subparsers)
 
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        """The advancer (every worker) and the leader-only sweeper."""
         register("workflow.advancer", self._advancer)
         register("workflow.sweeper", self._sweeper, leader_only=True)
 
     @hookimpl
     async def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
+        """Advance the job's workflow once its outcome is final."""
         if outcome.state is QueuedJob.State.RETRYING or not isinstance(
             job.meta.get(META_KEY), dict
         ):

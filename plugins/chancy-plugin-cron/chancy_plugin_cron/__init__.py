@@ -357,10 +357,7 @@ class Cron:
                 log.exception("cron: pushing %s failed; skipping this run", run.job)
 
     async def _seconds_to_next(self, app: Chancy) -> float | None:
-        async with app.connection() as conn:
-            cur = await conn.execute(app.schema.render(q.SECONDS_TO_NEXT))
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        return await app.execute(_seconds_to_next_op(app))
 
     async def _scheduler(self, worker: Worker) -> None:
         app = worker.chancy
@@ -379,6 +376,14 @@ class Cron:
 def _one(app: Chancy, statement: LiteralString, params: dict[str, Any], then: Any) -> Operation:
     rows = yield app.schema.render(statement), params
     return then(rows)
+
+
+def _seconds_to_next_op(
+    app: Chancy,
+) -> Generator[tuple[bytes, dict[str, Any]], Rows, float | None]:
+    """Seconds until the next schedule is due (``None``: no schedule is)."""
+    ((seconds,),) = yield app.schema.render(q.SECONDS_TO_NEXT), {}
+    return None if seconds is None else float(seconds)
 
 
 # --- the command line ----------------------------------------------------------------------

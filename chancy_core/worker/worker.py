@@ -227,6 +227,11 @@ class Worker:
         return self._queues.producers
 
     @property
+    def unwritten(self) -> int:
+        """How many outcomes of finished jobs wait to be written."""
+        return len(self._completer)
+
+    @property
     def heartbeat_interval(self) -> float:
         """Seconds between heartbeats."""
         return self._heartbeat.interval

@@ -537,10 +537,10 @@ class Worker:
             shield.deadline = anyio.current_time() + self.chancy.call_timeout
             try:
                 if queue.rate_limit is None and not keyed:
-                    claimed = await self.chancy._run(conn, op)
+                    claimed = await self.chancy.execute_ex(conn, op)
                 else:  # the rate-limit tokens or the key lock, and the claim, together
                     async with conn.transaction():
-                        claimed = await self.chancy._run(conn, op)
+                        claimed = await self.chancy.execute_ex(conn, op)
             finally:
                 await pool.putconn(conn)
         if claimed is None:

@@ -45,6 +45,7 @@ from chancy_core.errors import (
     ConfigurationError,
     InvalidJobError,
 )
+from chancy_core.events import DONE, PUSHED
 from chancy_core.hookspecs import RegisterTask
 
 if TYPE_CHECKING:
@@ -132,10 +133,10 @@ WITH candidates AS MATERIALIZED (  -- run once: its LIMIT bounds the batch
       AND j.attempts = c.attempts
     RETURNING j.id, j.queue, j.state, c.reason, c.taken_by, c.rescues, j.func, j.attempts
 ), pushed AS (
-    SELECT count(pg_notify(%(channel)s, json_build_object('e', 'pushed', 'q', queue)::text))
+    SELECT count(pg_notify(%(channel)s, json_build_object('e', %(pushed)s::text, 'q', queue)::text))
     FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') AS queues
 ), finished AS (
-    SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
+    SELECT count(pg_notify(%(channel)s, json_build_object('e', %(done)s::text, 'ids', ids)::text))
     FROM (SELECT array_agg(id) AS ids FROM rescued WHERE state = 'failed'
           HAVING count(*) > 0) AS failed
 )
@@ -275,6 +276,8 @@ class Recovery:
             "max_rescues": self.max_rescues,
             "batch_size": self.batch_size,
             "channel": app.schema.channel,
+            "pushed": PUSHED,  # the notification protocol's event kinds
+            "done": DONE,
         }
         statement = app.schema.render(RESCUE)
         done: list[Rescue] = []

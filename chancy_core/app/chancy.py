@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Self, TypeVar
 
@@ -219,11 +219,11 @@ class Chancy:
         ``call_timeout``)."""
         return self._db.sync_execute(op, transaction=transaction)
 
-    def execute_ex(self, target: AsyncExecutor, op: Operation[T]) -> Coroutine[Any, Any, T]:
+    async def execute_ex(self, target: AsyncExecutor, op: Operation[T]) -> T:
         """Run an operation on a connection or cursor the caller holds, in whatever
         transaction it is in (the worker's claims, a plugin's transaction), with the same
-        error translation as :meth:`execute` but no deadline of its own; a coroutine."""
-        return self._db.run(target, op)
+        error translation as :meth:`execute` but no deadline of its own."""
+        return await self._db.run(target, op)
 
     def sync_execute_ex(self, target: SyncExecutor, op: Operation[T]) -> T:
         """Sync twin of :meth:`execute_ex`."""

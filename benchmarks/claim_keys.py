@@ -85,7 +85,7 @@ async def time_claims(app: Chancy, queue: str, claims: int, limit: int, keyed: b
         for _ in range(claims):
             began = time.perf_counter()
             async with conn.transaction(force_rollback=True):
-                claimed = await app._run(
+                claimed = await app.execute_ex(
                     conn, ops.claim(app.schema, q, limit, "bench", keyed=keyed)
                 )
             found.append(time.perf_counter() - began)

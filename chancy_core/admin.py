@@ -54,7 +54,7 @@ from chancy_core.errors import (
     QueueNotFoundError,
 )
 from chancy_core.job import Job, QueuedJob, Reference, check_queue_name, registered_jobs
-from chancy_core.ops import Operation, Statement, Step
+from chancy_core.ops import Operation, Rows, Statement, Step
 from chancy_core.queue import Queue
 
 __all__ = [
@@ -73,7 +73,6 @@ StateFilter = QueuedJob.State | str | Sequence[QueuedJob.State | str] | None
 
 ALL_STATES = tuple(s.value for s in QueuedJob.State)
 WAITING = ("pending", "retrying")
-UNFINISHED = ("pending", "running", "retrying")
 
 QUEUE_CHANGES = frozenset(
     {
@@ -491,7 +490,7 @@ def cancel_job_op(schema: q.Schema, ref: Reference | str) -> Operation[bool]:
     was cancelled."""
     params = {"ids": [job_id(ref)], "channel": schema.channel}
     rows = yield schema.render(q.CANCEL_JOBS), params
-    return bool(rows) and int(rows[0][0]) + int(rows[0][1]) > 0
+    return _cancelled(rows) > 0
 
 
 _LOCK_JOB: LiteralString = "SELECT state, unique_key FROM {jobs} WHERE id = %(id)s FOR UPDATE"
@@ -678,8 +677,17 @@ def cancel_jobs_op(schema: q.Schema, flt: JobFilter) -> Operation:
             schema.render(q.CANCEL_JOBS),
             {"ids": ids[start : start + 100], "channel": schema.channel},
         )
-        cancelled += int(done[0][0]) + int(done[0][1]) if done else 0
+        cancelled += _cancelled(done)
     return cancelled
+
+
+def _cancelled(rows: Rows) -> int:
+    """How many jobs :data:`~chancy_core.sql.CANCEL_JOBS` cancelled: the waiting ones it
+    failed plus the running ones it asked to stop."""
+    if not rows:
+        return 0
+    waiting, running, _notified, _finished = rows[0]
+    return int(waiting) + int(running)
 
 
 _BULK_DELETE: LiteralString = """

@@ -174,7 +174,8 @@ def _delete_op(schema: Schema, queue: str, pattern: str, kind: str) -> Operation
 def _get_op(schema: Schema, queue: str | None) -> Operation:
     rows = yield schema.render(q.SELECT_CONCURRENCY_RULES), {"queue": queue}
     return [
-        KeyRule(queue=r[0], kind=r[1], pattern=r[2], max_running=r[3], ordered=r[4]) for r in rows
+        KeyRule(queue=queue, kind=kind, pattern=pattern, max_running=max_running, ordered=ordered)
+        for queue, kind, pattern, max_running, ordered in rows
     ]
 
 

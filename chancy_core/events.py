@@ -10,7 +10,14 @@ kind       payload                             sent by / meaning
 ``queue``  ``{"e":"queue","q":queue}``         a queue was declared, changed or deleted
 ``cancel`` ``{"e":"cancel","ids":[id,...]}``   running jobs were asked to stop
 ``done``   ``{"e":"done","ids":[id,...]}``     jobs reached ``succeeded`` or ``failed``
+``ping``   ``{"e":"ping","w":sender,"n":seq}`` a LISTEN connection's owner proving it alive
 ========== =================================== ==========================================
+
+A ``ping`` (:func:`ping_payload`, read back with :func:`parse_ping`) is sent through
+another connection by whoever holds a LISTEN connection (the worker's listener, the
+workflow plugin's waiter) and expected back on its own: an echo that does not come in
+time means a half-open connection (:class:`ListenerStalled`), which is dropped and
+replaced. Pings are not events: :func:`parse` returns ``None`` for them.
 
 A worker sends ``done`` only while someone waits: a waiter holds the shared session
 advisory locks ``(waiter_lock(channel), slot)`` for every slot below
@@ -38,12 +45,16 @@ from typing import Final
 __all__ = [
     "CANCEL",
     "DONE",
+    "PING",
     "PUSHED",
     "QUEUE",
     "WAITER_SLOTS",
     "Event",
+    "ListenerStalled",
     "finishes",
     "parse",
+    "parse_ping",
+    "ping_payload",
     "waiter_lock",
     "waiter_slot",
 ]
@@ -52,6 +63,8 @@ PUSHED: Final = "pushed"
 QUEUE: Final = "queue"
 CANCEL: Final = "cancel"
 DONE: Final = "done"
+#: The kind of a LISTEN connection's proof of life (not an event; see :func:`ping_payload`).
+PING: Final = "ping"
 _KINDS = frozenset({PUSHED, QUEUE, CANCEL, DONE})
 
 
@@ -96,6 +109,35 @@ def finishes(payload: str, job_id: str) -> bool:
         return False
     event = parse(payload)
     return event is not None and event.kind == DONE and job_id in event.ids
+
+
+def ping_payload(sender: str, n: int) -> str:
+    """The payload of ``sender``'s ping number ``n``, ``{"e":"ping","w":sender,"n":n}``: a
+    NOTIFY a LISTEN connection's owner sends on that channel, through another connection,
+    and expects back on its own to prove it alive."""
+    return json.dumps({"e": PING, "w": sender, "n": n}, separators=(",", ":"))
+
+
+def parse_ping(payload: str) -> tuple[str, int] | None:
+    """``(sender, n)`` of a ping's payload (see :func:`ping_payload`); ``None`` for any
+    other payload."""
+    if f'"{PING}"' not in payload:
+        return None
+    try:
+        data = _decode(payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("e") != PING:
+        return None
+    sender, n = data.get("w"), data.get("n")
+    if not isinstance(sender, str) or not isinstance(n, int) or isinstance(n, bool):
+        return None
+    return sender, n
+
+
+class ListenerStalled(Exception):
+    """A LISTEN connection did not deliver its own ping in time (half-open): drop it and
+    reconnect."""
 
 
 #: How many advisory locks a waiter holds (one per slot); see the module's docstring.

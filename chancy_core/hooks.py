@@ -9,7 +9,11 @@ one implementation at a time, the caller's ``_hookexec``), so pluggy's tracing
   plugin's name and skipped; the others still run. Results that are awaitable are
   awaited (event hooks may be ``async def``).
 * Decision hooks (:func:`decide`) stop at the first non-``None`` result; if an
-  implementation raises, it is logged and the core's ``trylast`` default decides.
+  implementation raises, it is logged and the core's ``trylast`` default decides
+  (:func:`decide_or`: a fixed safe answer, where the default is not the safe side).
+* Collecting hooks (:func:`collect`) return every result; they are not isolated: an
+  implementation that raises fails the call (a plugin's migrations that cannot be
+  read must stop ``migrate()``).
 * :class:`HookFlags` says, once per worker, which per-job hooks any plugin
   implements, so a hook nobody implements costs nothing per job.
 """
@@ -32,7 +36,9 @@ __all__ = [
     "HookFlags",
     "call_event",
     "call_sync_event",
+    "collect",
     "decide",
+    "decide_or",
     "implemented",
     "results",
 ]
@@ -104,6 +110,28 @@ def decide(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
     return None
 
 
+def decide_or(hook: pluggy.HookCaller, if_raises: Any, **kwargs: Any) -> Any:
+    """Call a decision (``firstresult``) hook. If an implementation raises, it is logged
+    and ``if_raises`` is the answer (for a decision whose safe side is not the core's
+    default, e.g. ``chancy_elects_leader``: wait for a leader)."""
+    try:
+        return hook(**kwargs)
+    except Exception:
+        log.exception(
+            "a plugin failed in %s; answering %r (the safe side)",
+            hook.name,
+            if_raises,
+            extra={"hook": hook.name},
+        )
+        return if_raises
+
+
+def collect(hook: pluggy.HookCaller, **kwargs: Any) -> list[Any]:
+    """Call a collecting hook: every implementation's non-``None`` result, in pluggy's
+    order. Not isolated: an implementation that raises fails the call."""
+    return cast("list[Any]", hook(**kwargs))
+
+
 def _failed(hook: pluggy.HookCaller, impl: pluggy.HookImpl) -> None:
     log.exception(
         "plugin %s failed in %s; carrying on",
@@ -120,8 +148,6 @@ class HookFlags:
     starting: bool
     wrap: bool
     completed: bool
-    retry: bool
-    """Whether a plugin (not only the core's default) implements ``chancy_retry_decision``."""
 
     @classmethod
     def of(cls, hook: Any) -> HookFlags:
@@ -130,10 +156,6 @@ class HookFlags:
             starting=implemented(hook.chancy_job_starting),
             wrap=implemented(hook.chancy_job_wrap),
             completed=implemented(hook.chancy_job_completed),
-            retry=any(
-                impl.plugin_name != CORE_DEFAULTS
-                for impl in hook.chancy_retry_decision.get_hookimpls()
-            ),
         )
 
 

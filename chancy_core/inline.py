@@ -32,13 +32,15 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, LiteralString
 
 import anyio
 
 from chancy_core.app import Chancy
 from chancy_core.job import IsAJob, Job, Reference
+from chancy_core.ops import Operation
 from chancy_core.queue import Queue
+from chancy_core.sql import Schema
 
 __all__ = ["InlineChancy"]
 
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # Whether a due job is waiting in the served queues, and whether the database says the
 # worker runs a job (claimed and not started yet, or its outcome not yet written).
-_STATUS = """
+_STATUS: LiteralString = """
 SELECT EXISTS (
            SELECT 1 FROM {jobs}
            WHERE queue = ANY(%(queues)s::text[]) AND state IN ('pending', 'retrying')
@@ -57,12 +59,25 @@ SELECT EXISTS (
 
 # Queues with due jobs that the drain's worker does not serve (not declared, or tags that
 # do not match): said in a warning, since nothing will ever run them inline.
-_UNSERVED = """
+_UNSERVED: LiteralString = """
 SELECT DISTINCT queue FROM {jobs}
 WHERE state IN ('pending', 'retrying') AND scheduled_at <= now()
   AND NOT queue = ANY(%(queues)s::text[])
 ORDER BY queue
 """
+
+
+def _status_op(schema: Schema, queues: list[str], worker_id: str) -> Operation[tuple[bool, bool]]:
+    """Whether a due job waits in ``queues``, and whether the drain's worker holds a claim
+    (:data:`_STATUS`)."""
+    ((due, claimed),) = yield schema.render(_STATUS), {"queues": queues, "worker_id": worker_id}
+    return bool(due), bool(claimed)
+
+
+def _unserved_op(schema: Schema, queues: list[str]) -> Operation[list[str]]:
+    """The queues with due jobs that are not among ``queues`` (:data:`_UNSERVED`)."""
+    rows = yield schema.render(_UNSERVED), {"queues": queues}
+    return [queue for (queue,) in rows]
 
 
 class InlineChancy(Chancy):
@@ -167,14 +182,9 @@ async def _drain(app: Chancy, options: dict[str, Any], timeout: float, idle: flo
         "shutdown_timeout": timeout,
         **options,
     }
-    statement = app.schema.render(_STATUS)
     with anyio.fail_after(timeout):
         async with Worker(app, **options) as worker:
-            async with app.pool.connection() as conn:
-                cur = await conn.execute(
-                    app.schema.render(_UNSERVED), {"queues": list(worker.queues)}
-                )
-                unserved = [row[0] for row in await cur.fetchall()]
+            unserved = await app.execute(_unserved_op(app.schema, list(worker.queues)))
             if unserved:
                 log.warning(
                     "inline drain: jobs of %s wait in queues this worker does not serve;"
@@ -184,7 +194,7 @@ async def _drain(app: Chancy, options: dict[str, Any], timeout: float, idle: flo
             idle_since: float | None = None
             while True:
                 await anyio.sleep(0.005)
-                if worker.running_jobs or len(worker._completer):
+                if worker.running_jobs or worker.unwritten:
                     idle_since = None
                     continue
                 active = [
@@ -192,12 +202,7 @@ async def _drain(app: Chancy, options: dict[str, Any], timeout: float, idle: flo
                     for name, producer in worker.queues.items()
                     if producer.queue.state is Queue.State.ACTIVE
                 ]
-                async with app.pool.connection() as conn:
-                    cur = await conn.execute(
-                        statement, {"queues": active, "worker_id": worker.worker_id}
-                    )
-                    row = await cur.fetchone()
-                due, claimed = row if row else (False, False)
+                due, claimed = await app.execute(_status_op(app.schema, active, worker.worker_id))
                 if claimed:
                     idle_since = None
                     continue

@@ -515,7 +515,8 @@ class IsAJob(Protocol, Generic[P, R]):
 
     job: Job
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function itself (not a push)."""
 
 
 def job(**options: Any) -> Callable[[Callable[P, R]], IsAJob[P, R]]:

@@ -5,7 +5,7 @@ Each operation is a sans-IO generator, an :data:`Operation[T] <Operation>`: it y
 steps (``(statement, params)``, or :class:`CopyRows`) and receives each step's rows, and
 returns its result of type ``T``. So it is written once and runs on any connection
 through the app's two drivers, one async and one sync (:meth:`Chancy.execute
-<chancy_core.app.Chancy.execute>` and ``sync_execute``, or ``Chancy._run`` on a
+<chancy_core.app.Chancy.execute>` and ``sync_execute``, or ``Chancy.execute_ex`` on a
 connection the caller holds; see :mod:`chancy_core.app.database`), which translate
 errors the same way everywhere (a missing table becomes
 :class:`~chancy_core.errors.SchemaMissingError`, a lost connection

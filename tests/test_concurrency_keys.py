@@ -279,7 +279,9 @@ async def test_concurrent_keyed_claims_take_turns(chancy, database) -> None:
     found: dict[str, Any] = {}
 
     async def claim(name: str, conn: psycopg.AsyncConnection[Any]) -> None:
-        found[name] = await chancy._run(conn, ops.claim(chancy.schema, queue, 10, name, keyed=True))
+        found[name] = await chancy.execute_ex(
+            conn, ops.claim(chancy.schema, queue, 10, name, keyed=True)
+        )
 
     a = await psycopg.AsyncConnection.connect(database, prepare_threshold=None)
     b = await psycopg.AsyncConnection.connect(database, autocommit=True, prepare_threshold=None)

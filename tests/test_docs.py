@@ -74,3 +74,16 @@ def test_hook_is_documented_in_hooks_md(name: str) -> None:
     assert f"| [`{name}`](#{name}) |" in HOOKS_MD.read_text(encoding="utf-8"), (
         f"docs/hooks.md: add {name} to the summary table"
     )
+
+
+def test_hook_examples_use_only_the_worker_handle() -> None:
+    """The examples in docs/hooks.md and docs/writing-plugins.md touch the worker only
+    through :class:`~chancy_core.hookspecs.WorkerHandle` (nothing else of it is API)."""
+    handle = {name for name in vars(hookspecs.WorkerHandle) if not name.startswith("_")}
+    assert {"worker_id", "app", "is_leader", "set_leader"} <= handle
+    docs = HOOKS_MD.parent
+    for page in (HOOKS_MD, docs / "writing-plugins.md"):
+        text = page.read_text(encoding="utf-8")
+        blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+        used = {m for block in blocks for m in re.findall(r"\bworker\.([a-z_]+)", block)}
+        assert used <= handle, f"{page.name}: not on WorkerHandle: {sorted(used - handle)}"

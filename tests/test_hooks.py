@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from chancy_core import Chancy, Job, hookimpl
-from chancy_core.hooks import Guarded, HookFlags, call_event, call_sync_event, decide
+from chancy_core.hooks import (
+    Guarded,
+    HookFlags,
+    call_event,
+    call_sync_event,
+    collect,
+    decide,
+    decide_or,
+)
 from chancy_core.plugins import build_plugin_manager
 
 
@@ -71,6 +79,12 @@ async def test_every_call_is_visible_to_pluggys_tracing() -> None:
     assert ("chancy_worker_started", ["first"]) in traced
     assert ("chancy_worker_started", ["failing"]) in traced
     assert ("chancy_before_push", ["failing"]) in traced
+    queued = type("J", (), {"attempts": 1, "max_attempts": 1})()
+    decide(pm.hook.chancy_retry_decision, worker=None, job=queued, error=None)
+    decide_or(pm.hook.chancy_elects_leader, True, worker=None)
+    collect(pm.hook.chancy_migrations, app=None)
+    for name in ("chancy_retry_decision", "chancy_elects_leader", "chancy_migrations"):
+        assert any(called == name for called, _ in traced), name
 
 
 def test_a_failing_decision_falls_back_to_the_core_default(caplog) -> None:
@@ -81,10 +95,36 @@ def test_a_failing_decision_falls_back_to_the_core_default(caplog) -> None:
     assert "failed in chancy_retry_decision" in caplog.text
 
 
+class FailsToElect:
+    name = "fails-to-elect"
+
+    @hookimpl
+    def chancy_elects_leader(self, worker: Any) -> bool:
+        raise RuntimeError("cannot tell")
+
+
+def test_a_failing_decision_can_answer_its_safe_side(caplog) -> None:
+    pm = build_plugin_manager([FailsToElect()], autoload=False)
+    with caplog.at_level(logging.ERROR):
+        assert decide_or(pm.hook.chancy_elects_leader, True, worker=None) is True
+    assert "failed in chancy_elects_leader; answering True" in caplog.text
+    quiet = build_plugin_manager([], autoload=False)
+    assert decide_or(quiet.hook.chancy_elects_leader, True, worker=None) is False  # default
+
+
+class Completes:
+    name = "completes"
+
+    @hookimpl
+    def chancy_job_completed(self, job: Any) -> None:
+        return None
+
+
 def test_hook_flags_ignore_the_core_defaults() -> None:
     none = HookFlags.of(build_plugin_manager([], autoload=False).hook)
-    assert none == HookFlags(starting=False, wrap=False, completed=False, retry=False)
-    assert HookFlags.of(build_plugin_manager([Failing()], autoload=False).hook).retry
+    assert none == HookFlags(starting=False, wrap=False, completed=False)
+    completes = HookFlags.of(build_plugin_manager([Completes()], autoload=False).hook)
+    assert completes == HookFlags(starting=False, wrap=False, completed=True)
 
 
 class Suppressing:

@@ -4,6 +4,7 @@ imports run at import time (module level, outside ``if TYPE_CHECKING:``) is acyc
 from __future__ import annotations
 
 import ast
+import importlib
 import pkgutil
 import subprocess
 import sys
@@ -100,14 +101,20 @@ def test_each_module_imports_alone_in_a_fresh_interpreter() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-#: What plugins may import of the core: its public names (``chancy_core.cli`` for the
-#: helpers that build plugins' own commands).
+#: What plugins and examples may import of the core: these modules' public names (those in
+#: their ``__all__``). ``chancy_core.cli`` for the helpers that build plugins' own commands,
+#: ``chancy_core.events`` for the notification protocol, ``chancy_core.connection`` for
+#: connection deadlines, ``chancy_core.testing`` and ``chancy_core.concurrency`` for users.
 PUBLIC = {
     "chancy_core",
     "chancy_core.cli",
+    "chancy_core.concurrency",
+    "chancy_core.connection",
     "chancy_core.errors",
+    "chancy_core.events",
     "chancy_core.hookspecs",
     "chancy_core.migrations",
+    "chancy_core.testing",
 }
 
 
@@ -115,18 +122,23 @@ def test_plugins_reach_the_core_only_through_public_names() -> None:
     repo = ROOT.parent
     sources = [
         *repo.glob("plugins/chancy-plugin-*/chancy_plugin_*/**/*.py"),
-        *repo.glob("examples/chancy-plugin-example/chancy_plugin_example/**/*.py"),
+        *repo.glob("examples/**/*.py"),
     ]
     assert len(sources) >= 7
     found: dict[str, set[str]] = {}
     for path in sources:
+        where = str(path.relative_to(repo))
         for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
+            imported: list[tuple[str, str | None]] = []
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
+                imported = [(node.module, alias.name) for alias in node.names]
             elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            for name in names:
-                if name.startswith("chancy_core") and name not in PUBLIC:
-                    found.setdefault(name, set()).add(str(path.relative_to(repo)))
+                imported = [(alias.name, None) for alias in node.names]
+            for module, name in imported:
+                if not module.startswith("chancy_core"):
+                    continue
+                if module not in PUBLIC:
+                    found.setdefault(module, set()).add(where)
+                elif name is not None and name not in importlib.import_module(module).__all__:
+                    found.setdefault(f"{module}.{name}", set()).add(where)
     assert not found, found

@@ -1,4 +1,4 @@
-"""The listener's ping payload, shared with plugins that LISTEN (public helpers), and how
+"""The ping payload of :mod:`chancy_core.events`, shared with plugins that LISTEN, and how
 the listener tells its own echo from anyone else's ping and from events."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from chancy_core import events
-from chancy_core.worker.listener import Listener, parse_ping, ping_payload
+from chancy_core.events import parse_ping, ping_payload
+from chancy_core.worker.listener import Listener
 
 
 def test_a_ping_payload_parses_back_and_nothing_else_is_a_ping() -> None:

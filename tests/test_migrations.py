@@ -116,6 +116,10 @@ async def test_unmigrated_database_raises_schema_missing_error_saying_to_migrate
         ):
             with pytest.raises(SchemaMissingError, match=r"chancy\.migrate\(\)"):
                 await call()
+        # A plugin's own statements on app.connection() are translated the same way.
+        with pytest.raises(SchemaMissingError, match=r"chancy\.migrate\(\)"):
+            async with app.connection() as conn:
+                await conn.execute(app.schema.render("SELECT count(*) FROM {jobs}"))
 
 
 @pytest.mark.db

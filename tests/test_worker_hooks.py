@@ -316,3 +316,59 @@ async def test_a_wrapper_cannot_turn_a_failure_into_a_success(database, run_work
                 await s.wait_state(chancy, good, "succeeded")
     assert "ValueError: kept" in failed.errors[0]["traceback"]
     assert "tried to suppress" in caplog.text
+
+
+class Stamper:
+    """Changes the job's meta in place where the contract allows it (starting, and around
+    the run), and tries to in chancy_job_completed, where it is not saved."""
+
+    name = "stamper"
+
+    def __init__(self) -> None:
+        self.completed_meta: list[dict] = []
+
+    @hookimpl
+    def chancy_job_starting(self, job) -> None:
+        job.meta.setdefault("stamper", {})["starting"] = job.attempts
+
+    @hookimpl
+    def chancy_job_wrap(self, job):
+        @asynccontextmanager
+        async def wrap():
+            try:
+                yield
+            finally:
+                job.meta.setdefault("stamper", {})["wrapped"] = True
+
+        return wrap()
+
+    @hookimpl
+    def chancy_job_completed(self, job) -> None:
+        self.completed_meta.append(dict(job.meta))
+        job.meta["stamper"] = "changed too late"
+
+
+@pytest.mark.parametrize("executor", ["async", "thread", "process"])
+async def test_plugins_meta_changes_are_saved_in_every_executor(database, run_worker, executor):
+    """Meta changed in chancy_job_starting and chancy_job_wrap is saved with the outcome
+    (success and failure, the process executor's child meta merged back), the completion
+    hook sees what was saved, and what it changes itself is not saved."""
+    stamper = Stamper()
+    async with Chancy(database, plugins=[stamper]) as chancy:
+        with anyio.fail_after(30):
+            await chancy.declare(Queue("q", executor=executor, polling_interval=0.1))
+            async with run_worker(chancy):
+                refs = await chancy.push_many(
+                    [
+                        s.make_job(s.note_progress, "q", step=1),
+                        s.make_job(s.fail, "q", message="no"),
+                    ]
+                )
+                done = await s.wait_all(chancy, refs, "succeeded", "failed", timeout=25)
+    assert [j.state.value for j in done] == ["succeeded", "failed"]
+    stamp = {"starting": 1, "wrapped": True}
+    assert done[0].meta == {"stamper": stamp, "progress": done[0].meta["progress"]}
+    assert done[0].meta["progress"]["step"] == 1  # the job's own change is kept too
+    assert done[1].meta == {"stamper": stamp}
+    assert sorted(m["stamper"]["starting"] for m in stamper.completed_meta) == [1, 1]
+    assert all(m["stamper"] == stamp for m in stamper.completed_meta)

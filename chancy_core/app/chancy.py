@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Self, TypeVar
 
@@ -20,11 +20,11 @@ import pluggy
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from chancy_core import admin, ops
+from chancy_core import admin, hooks, ops
 from chancy_core import sql as q
 from chancy_core.admin import JobPage, QueueStats, StateFilter, WorkerInfo
 from chancy_core.app import waiting
-from chancy_core.app.database import AsyncExecutor, Database
+from chancy_core.app.database import AsyncExecutor, Database, SyncExecutor
 from chancy_core.app.dsn import check_dsn, mask_dsn
 from chancy_core.app.pushing import Pusher, check_target
 from chancy_core.app.twins import twin
@@ -219,10 +219,15 @@ class Chancy:
         ``call_timeout``)."""
         return self._db.sync_execute(op, transaction=transaction)
 
-    def _run(self, target: AsyncExecutor, op: Operation[T]) -> Coroutine[Any, Any, T]:
-        """Run an operation on a connection or cursor the caller holds (the worker's
-        claims); a coroutine."""
-        return self._db.run(target, op)
+    async def execute_ex(self, target: AsyncExecutor, op: Operation[T]) -> T:
+        """Run an operation on a connection or cursor the caller holds, in whatever
+        transaction it is in (the worker's claims, a plugin's transaction), with the same
+        error translation as :meth:`execute` but no deadline of its own."""
+        return await self._db.run(target, op)
+
+    def sync_execute_ex(self, target: SyncExecutor, op: Operation[T]) -> T:
+        """Sync twin of :meth:`execute_ex`."""
+        return self._db.run_sync(target, op)
 
     def connection(self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """A pooled connection for statements of one's own (plugins' background tasks),
@@ -236,7 +241,8 @@ class Chancy:
     def migration_sets(self) -> list[MigrationSet]:
         """The core's migrations, then each plugin's, in registration order."""
         sets = [load_migrations("core", "chancy_core.migrations.core")]
-        sets += [s for s in reversed(self.plugins.hook.chancy_migrations(app=self)) if s]
+        found = hooks.collect(self.plugins.hook.chancy_migrations, app=self)
+        sets += [s for s in reversed(found) if s]
         return sets
 
     async def migrate(self) -> list[str]:

@@ -384,13 +384,17 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection, the whole block within ``call_timeout``."""
+        """A pooled connection, the whole block within ``call_timeout``; database errors
+        raised in the block are translated as :meth:`run` translates them."""
         with anyio.move_on_after(self.call_timeout) as scope:
             try:
                 async with self.pool.connection() as conn:
                     yield conn
-            except psycopg.OperationalError as exc:
-                raise self.translate(exc) from exc
+            except psycopg.Error as exc:
+                translated = self.translate(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
         if scope.cancelled_caught:
             raise self.too_slow("a call")
 

@@ -34,9 +34,11 @@ R = TypeVar("R")
 class Executes(Protocol):
     """What runs operations: the app (its two drivers)."""
 
-    async def execute(self, op: Operation[R], *, transaction: bool = False) -> R: ...
+    async def execute(self, op: Operation[R], *, transaction: bool = False) -> R:
+        """Run an operation (see :meth:`Chancy.execute`)."""
 
-    def sync_execute(self, op: Operation[R], *, transaction: bool = False) -> R: ...
+    def sync_execute(self, op: Operation[R], *, transaction: bool = False) -> R:
+        """Run an operation, blocking (see :meth:`Chancy.sync_execute`)."""
 
 
 A = TypeVar("A", bound=Executes)

@@ -255,6 +255,7 @@ class ProcessExecutor:
         kwargs: dict[str, Any],
         started: Callable[[], None],
     ) -> Any:
+        """Run ``func(**kwargs)`` in an idle (or new) child process; see :class:`Executor`."""
         memory = min(
             (lim.value for lim in job.limits if lim.type_ is Limit.Type.MEMORY), default=None
         )
@@ -319,9 +320,11 @@ class ProcessExecutor:
         raise error
 
     def resize(self, concurrency: int) -> None:
+        """Run at most ``concurrency`` jobs at once from now on."""
         self.limiter.total_tokens = concurrency
 
     async def aclose(self) -> None:
+        """Stop every child process."""
         children = [*self.idle, *self.busy]
         self.idle.clear()
         self.busy.clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,42 +12,13 @@ import psycopg
 from psycopg import sql
 
 from chancy_core import events
+from chancy_core.events import ListenerStalled, parse_ping, ping_payload
 
-__all__ = ["PING", "Listener", "ListenerStalled", "parse_ping", "ping_payload"]
+__all__ = ["Listener"]
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
-#: The kind of the listener's own ping: ``{"e":"ping","w":<worker id>,"n":<seq>}``.
-PING = "ping"
-
-
-def ping_payload(sender: str, n: int) -> str:
-    """The payload of ``sender``'s ping number ``n``, ``{"e":"ping","w":sender,"n":n}``: a
-    NOTIFY a LISTEN connection's owner sends on that channel, through another connection,
-    and expects back on its own to prove it alive (public: plugins that LISTEN use it)."""
-    return json.dumps({"e": PING, "w": sender, "n": n}, separators=(",", ":"))
-
-
-def parse_ping(payload: str) -> tuple[str, int] | None:
-    """``(sender, n)`` of a ping's payload (see :func:`ping_payload`); ``None`` for any
-    other payload."""
-    if f'"{PING}"' not in payload:
-        return None
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("e") != PING:
-        return None
-    sender, n = data.get("w"), data.get("n")
-    if not isinstance(sender, str) or not isinstance(n, int) or isinstance(n, bool):
-        return None
-    return sender, n
-
-
-class ListenerStalled(Exception):
-    """The listener's connection did not deliver its own ping in time (half-open)."""
 
 
 class Listener:

@@ -31,7 +31,7 @@ from chancy_core.errors import (
     DatabaseUnavailableError,
     WorkerError,
 )
-from chancy_core.hooks import call_event
+from chancy_core.hooks import call_event, decide_or
 from chancy_core.job import QueuedJob
 from chancy_core.plugins import plugin_options, recovers_dead_workers, registered
 from chancy_core.queue import Queue
@@ -228,6 +228,11 @@ class Worker:
         return self._queues.producers
 
     @property
+    def unwritten(self) -> int:
+        """How many outcomes of finished jobs wait to be written."""
+        return len(self._completer)
+
+    @property
     def heartbeat_interval(self) -> float:
         """Seconds between heartbeats."""
         return self._heartbeat.interval
@@ -310,12 +315,9 @@ class Worker:
         key = (self.chancy.dsn, self._schema.prefix, self.worker_id)
         try:
             await self._take_id(key)  # SchemaMissingError if not migrated
-            try:
-                elects = bool(self._hooks.chancy_elects_leader(worker=self))
-            except Exception:
-                # Safe side: no leader-only task runs until a plugin makes this worker lead.
-                log.exception("a plugin failed in chancy_elects_leader; waiting for a leader")
-                elects = True
+            # Safe side if a plugin raises: no leader-only task runs until one makes this
+            # worker lead.
+            elects = bool(decide_or(self._hooks.chancy_elects_leader, True, worker=self))
             async with anyio.create_task_group() as tg:
                 self._runners.start(tg)
                 self._queues.start(tg)
@@ -537,10 +539,10 @@ class Worker:
             shield.deadline = anyio.current_time() + self.chancy.call_timeout
             try:
                 if queue.rate_limit is None and not keyed:
-                    claimed = await self.chancy._run(conn, op)
+                    claimed = await self.chancy.execute_ex(conn, op)
                 else:  # the rate-limit tokens or the key lock, and the claim, together
                     async with conn.transaction():
-                        claimed = await self.chancy._run(conn, op)
+                        claimed = await self.chancy.execute_ex(conn, op)
             finally:
                 await pool.putconn(conn)
         if claimed is None:

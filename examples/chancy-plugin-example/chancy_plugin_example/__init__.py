@@ -36,16 +36,19 @@ class Example:
 
     @hookimpl
     def chancy_before_push(self, jobs: list[Job]) -> None:
+        """Record where each job was pushed from."""
         for i, job in enumerate(jobs):
             jobs[i] = job.with_meta({**job.meta, self.name: {"pushed_from": self.host}})
 
     @hookimpl
     def chancy_job_starting(self, worker: WorkerHandle, job: QueuedJob) -> None:
+        """Record which worker runs the job."""
         mine = job.meta.setdefault(self.name, {})  # changed in place: saved with the outcome
         mine["ran_on"] = worker.worker_id
 
     @hookimpl
     def chancy_job_completed(self, job: QueuedJob, outcome: Outcome) -> None:
+        """Count the attempt's outcome."""
         # After the write: the outcome is final. (Changes to job.meta here are not saved.)
         state = outcome.state.value
         self.outcomes[state] = self.outcomes.get(state, 0) + 1

@@ -69,7 +69,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _TRANSIENT = TRANSIENT_ERRORS
 
 Rows = builtins.list[tuple[Any, ...]]
-Operation = Generator[tuple[bytes, dict[str, Any]], Rows, Any]
+Step = tuple[bytes, dict[str, Any]]
+Operation = Generator[Step, Rows, Any]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,14 +159,17 @@ class Cron:
 
     @hookimpl
     def chancy_migrations(self, app: Chancy) -> MigrationSet:
+        """The ``cron_schedules`` table."""
         return load_migrations("cron", "chancy_plugin_cron.migrations")
 
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        """The leader-only scheduler task."""
         register("cron.scheduler", self._scheduler, leader_only=True)
 
     @hookimpl
     def chancy_register_commands(self, subparsers: Any) -> None:
+        """``chancy cron ...``."""
         _register_commands(subparsers)
 
     # --- the API -------------------------------------------------------------------------
@@ -268,8 +272,8 @@ class Cron:
 
     async def _tick(self, app: Chancy) -> tuple[builtins.list[Reference], int]:
         async with app.connection() as conn, conn.transaction():
-            cur = await conn.execute(app.schema.render(q.SELECT_DUE), {"limit": self.batch_size})
-            rows = await cur.fetchall()
+            due_op = _rows_op(app.schema.render(q.SELECT_DUE), {"limit": self.batch_size})
+            rows = await app.execute_ex(conn, due_op)
             if not rows:
                 return [], 0
             runs: dict[str, _Run] = {}
@@ -307,14 +311,12 @@ class Cron:
                     },
                 )
             await self._push(app, conn, runs)
-            await conn.execute(
-                app.schema.render(q.ADVANCE),
-                {
-                    "names": list(runs),
-                    "next_runs": [run.following for run in runs.values()],
-                    "last_runs": [run.at if run.ref else None for run in runs.values()],
-                },
-            )
+            advance = {
+                "names": list(runs),
+                "next_runs": [run.following for run in runs.values()],
+                "last_runs": [run.at if run.ref else None for run in runs.values()],
+            }
+            await app.execute_ex(conn, _rows_op(app.schema.render(q.ADVANCE), advance))
         for name, run in runs.items():
             if run.ref is not None and run.job is not None:
                 log.info(
@@ -354,10 +356,7 @@ class Cron:
                 log.exception("cron: pushing %s failed; skipping this run", run.job)
 
     async def _seconds_to_next(self, app: Chancy) -> float | None:
-        async with app.connection() as conn:
-            cur = await conn.execute(app.schema.render(q.SECONDS_TO_NEXT))
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        return await app.execute(_seconds_to_next_op(app))
 
     async def _scheduler(self, worker: Worker) -> None:
         app = worker.chancy
@@ -376,6 +375,20 @@ class Cron:
 def _one(app: Chancy, statement: LiteralString, params: dict[str, Any], then: Any) -> Operation:
     rows = yield app.schema.render(statement), params
     return then(rows)
+
+
+def _rows_op(statement: bytes, params: dict[str, Any]) -> Generator[Step, Rows, Rows]:
+    """One statement; its rows."""
+    rows = yield statement, params
+    return rows
+
+
+def _seconds_to_next_op(
+    app: Chancy,
+) -> Generator[Step, Rows, float | None]:
+    """Seconds until the next schedule is due (``None``: no schedule is)."""
+    ((seconds,),) = yield app.schema.render(q.SECONDS_TO_NEXT), {}
+    return None if seconds is None else float(seconds)
 
 
 # --- the command line ----------------------------------------------------------------------

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import LiteralString
 
-SCHEDULE_COLUMNS: LiteralString = "name, cron, timezone, job, next_run, last_run"
-
 # The database's clock, and the run most recently pushed for a schedule (if it exists).
 NOW_AND_LAST_RUN: LiteralString = """
 SELECT now(), (SELECT last_run FROM {cron_schedules} WHERE name = %(name)s)

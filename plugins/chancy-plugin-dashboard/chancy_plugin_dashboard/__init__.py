@@ -50,6 +50,7 @@ class DashboardPlugin:
 
     @hookimpl
     def chancy_register_commands(self, subparsers: Any) -> None:
+        """``chancy dashboard``."""
         from chancy_plugin_dashboard.cli import register
 
         register(subparsers)

@@ -34,15 +34,15 @@ take to notice they were cancelled.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, LiteralString
+from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 import anyio
-import psycopg
 
 from chancy_core import hookimpl
-from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError
+from chancy_core.errors import TRANSIENT_ERRORS, ConfigurationError, SchemaMissingError
 from chancy_core.hookspecs import RegisterTask
 from chancy_core.migrations import MigrationSet, load_migrations
 
@@ -59,6 +59,10 @@ KEY = "leadership"
 
 #: Errors that mean the database is away for now: the attempt failed, the next one may not.
 _TRANSIENT = TRANSIENT_ERRORS
+
+T = TypeVar("T")
+#: A statement generator run by ``app.execute`` (see docs/writing-plugins.md).
+Operation = Generator[tuple[bytes, dict[str, Any]], list[tuple[Any, ...]], T]
 
 # Take or renew the lease: succeeds (returns a row) only for its holder or once it expired.
 ACQUIRE: LiteralString = """
@@ -151,27 +155,31 @@ class Leadership:
 
     async def acquire(self, app: Chancy, holder: str) -> bool:
         """Take or renew the lease for ``holder``; whether it holds it now."""
-        async with app.connection() as conn:
-            cur = await conn.execute(
-                app.schema.render(ACQUIRE),
-                {"election": self.election, "holder": holder, "ttl": self.ttl},
-            )
-            return await cur.fetchone() is not None
+        return await app.execute(self._acquire(app, holder))
 
     async def release(self, app: Chancy, holder: str) -> bool:
         """Give up the lease if ``holder`` holds it; whether it did."""
-        async with app.connection() as conn:
-            cur = await conn.execute(
-                app.schema.render(RELEASE), {"election": self.election, "holder": holder}
-            )
-            return await cur.fetchone() is not None
+        return await app.execute(self._release(app, holder))
 
     async def current(self, app: Chancy) -> Lease | None:
         """The lease as the database has it, or ``None`` if nobody ever held it."""
-        async with app.connection() as conn:
-            cur = await conn.execute(app.schema.render(CURRENT), {"election": self.election})
-            row = await cur.fetchone()
-        return None if row is None else Lease(*row)
+        return await app.execute(self._current(app))
+
+    def _acquire(self, app: Chancy, holder: str) -> Operation[bool]:
+        params = {"election": self.election, "holder": holder, "ttl": self.ttl}
+        rows = yield app.schema.render(ACQUIRE), params
+        return bool(rows)
+
+    def _release(self, app: Chancy, holder: str) -> Operation[bool]:
+        rows = yield app.schema.render(RELEASE), {"election": self.election, "holder": holder}
+        return bool(rows)
+
+    def _current(self, app: Chancy) -> Operation[Lease | None]:
+        rows = yield app.schema.render(CURRENT), {"election": self.election}
+        if not rows:
+            return None
+        holder, acquired_at, expires_at, valid = rows[0]
+        return Lease(holder=holder, acquired_at=acquired_at, expires_at=expires_at, valid=valid)
 
     # --- the task ------------------------------------------------------------------------
 
@@ -203,7 +211,7 @@ class Leadership:
         with anyio.move_on_after(max(deadline - sent, 0.0)):
             try:
                 held = await self.acquire(worker.chancy, worker.worker_id)
-            except psycopg.errors.UndefinedTable:
+            except SchemaMissingError:
                 log.error(
                     "the leadership table does not exist: run `await chancy.migrate()` or"
                     " `chancy migrate`; no worker leads until then"
@@ -257,19 +265,23 @@ class Leadership:
 
     @hookimpl
     def chancy_migrations(self) -> MigrationSet:
+        """The lease table."""
         return load_migrations(KEY, "chancy_plugin_leadership.migrations")
 
     @hookimpl
     def chancy_elects_leader(self) -> bool:
+        """This plugin elects: leader-only tasks wait for the lease."""
         return True
 
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        """The task that takes and renews the lease."""
         self._states[worker.worker_id] = _State()
         register("leadership", self.run)
 
     @hookimpl
     async def chancy_worker_stopping(self, worker: Worker) -> None:
+        """Hand the lease over at once (the next attempt of any worker takes it)."""
         state = self._states.get(worker.worker_id)
         if state is not None:
             state.stopping = True

@@ -356,6 +356,7 @@ class Metrics:
 
     @hookimpl
     def chancy_migrations(self, app: Chancy) -> MigrationSet:
+        """The per-minute history table."""
         return load_migrations("metrics", "chancy_plugin_metrics.migrations")
 
     def label_of(self, worker: Worker) -> str:
@@ -368,6 +369,7 @@ class Metrics:
 
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        """Sample queue depths and write the history, in this worker."""
         self.label_of(worker)
         self._workers[worker.worker_id] = worker
         register("metrics.depths", self._sample_depths)
@@ -378,10 +380,12 @@ class Metrics:
 
     @hookimpl
     def chancy_leadership_changed(self, worker: Worker, is_leader: bool) -> None:
+        """Count the leadership change."""
         self.leadership_changes.labels(self.label_of(worker), "1" if is_leader else "0").inc()
 
     @hookimpl
     def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
+        """Record the attempt's outcome, run time and wait time."""
         self.record(
             job, outcome.run_seconds, state=outcome.state.value, wait_seconds=outcome.wait_seconds
         )
@@ -612,17 +616,27 @@ class Metrics:
             )
             return [
                 HistoryRow(
-                    bucket=row[0],
-                    queue=row[1],
-                    func=row[2],
-                    outcome=row[3],
-                    jobs=int(row[4]),
-                    run_seconds_sum=row[5],
-                    run_seconds_max=row[6],
-                    wait_seconds_sum=row[7],
-                    wait_seconds_max=row[8],
+                    bucket=bucket,
+                    queue=queue_name,
+                    func=func_name,
+                    outcome=outcome,
+                    jobs=int(jobs),
+                    run_seconds_sum=run_sum,
+                    run_seconds_max=run_max,
+                    wait_seconds_sum=wait_sum,
+                    wait_seconds_max=wait_max,
                 )
-                for row in rows
+                for (
+                    bucket,
+                    queue_name,
+                    func_name,
+                    outcome,
+                    jobs,
+                    run_sum,
+                    run_max,
+                    wait_sum,
+                    wait_max,
+                ) in rows
             ]
 
         found: list[HistoryRow] = await app.execute(op())

@@ -101,6 +101,7 @@ class OpenTelemetry:
 
     @hookimpl
     def chancy_before_push(self, app: Chancy, jobs: list[Job]) -> None:
+        """Open a send span per job and put its context in the job's meta."""
         for n, job in enumerate(jobs):
             attributes: dict[str, Any] = {
                 MESSAGING_SYSTEM: SYSTEM,
@@ -124,6 +125,8 @@ class OpenTelemetry:
 
     @hookimpl
     def chancy_job_wrap(self, worker: Worker, job: QueuedJob) -> AbstractAsyncContextManager[None]:
+        """A process span around the attempt: a child of the send span (with ``link_only``,
+        linked to it instead)."""
         return self._run_span(worker.worker_id, job)
 
     @asynccontextmanager

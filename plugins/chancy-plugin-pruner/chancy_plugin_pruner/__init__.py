@@ -21,9 +21,9 @@ rows, which keeps each batch an index range scan however large the table grows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, LiteralString
+from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 import anyio
 
@@ -54,21 +54,35 @@ DEFAULT_RETENTION: Mapping[str, timedelta] = {
 #: Errors that mean the database is away for now: logged, and tried again next round.
 _TRANSIENT = TRANSIENT_ERRORS
 
+T = TypeVar("T")
+#: A statement generator run by ``app.execute`` (see docs/writing-plugins.md).
+Operation = Generator[tuple[bytes, dict[str, Any]], list[tuple[Any, ...]], T]
+
 # One bounded batch of one final state, oldest first. The state is checked again as rows
 # are deleted (and they are locked as they are chosen), so only finished rows ever go.
 # `= ANY(ARRAY(...))`, not `IN (...)`: the planner may run an IN subquery as the inner side
 # of a nested loop, once per outer row, and each run's LIMIT then picks other rows (the
 # batch would not be bounded). ARRAY(...) runs it exactly once.
 PRUNE: LiteralString = """
-DELETE FROM {jobs}
-WHERE id = ANY(ARRAY(
-    SELECT id FROM {jobs}
-    WHERE state = %(state)s AND completed_at < now() - %(age)s::interval
-    ORDER BY completed_at
-    LIMIT %(batch_size)s
-    FOR UPDATE SKIP LOCKED
-)) AND state = %(state)s
+WITH deleted AS (
+    DELETE FROM {jobs}
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM {jobs}
+        WHERE state = %(state)s AND completed_at < now() - %(age)s::interval
+        ORDER BY completed_at
+        LIMIT %(batch_size)s
+        FOR UPDATE SKIP LOCKED
+    )) AND state = %(state)s
+    RETURNING 1
+)
+SELECT count(*) FROM deleted
 """
+
+
+def _count_op(statement: bytes, params: dict[str, Any]) -> Operation[int]:
+    """Run a statement whose one row is a count; the count."""
+    ((count,),) = yield statement, params
+    return int(count)
 
 
 def _retention(value: Mapping[str, timedelta | float | None] | None) -> dict[str, timedelta]:
@@ -146,9 +160,7 @@ class Pruner:
             deleted[state] = 0
             params = {"state": state, "age": age, "batch_size": self.batch_size}
             for _ in range(self.max_batches):
-                async with app.connection() as conn:
-                    cur = await conn.execute(statement, params)
-                    count = max(cur.rowcount, 0)
+                count = await app.execute(_count_op(statement, params))
                 deleted[state] += count
                 if count < self.batch_size:
                     break
@@ -173,8 +185,10 @@ class Pruner:
 
     @hookimpl
     def chancy_migrations(self) -> MigrationSet:
+        """The pruner's index on the jobs table."""
         return load_migrations(KEY, "chancy_plugin_pruner.migrations")
 
     @hookimpl
     def chancy_worker_tasks(self, register: RegisterTask) -> None:
+        """The leader-only pruning task."""
         register("pruner", self.run, leader_only=True)

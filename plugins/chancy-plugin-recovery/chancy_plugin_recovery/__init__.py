@@ -33,6 +33,7 @@ was killed and the child survived; give such jobs a time limit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
@@ -44,6 +45,7 @@ from chancy_core.errors import (
     ConfigurationError,
     InvalidJobError,
 )
+from chancy_core.events import DONE, PUSHED
 from chancy_core.hookspecs import RegisterTask
 
 if TYPE_CHECKING:
@@ -58,9 +60,13 @@ KEY = "recovery"
 """The key of ``Job.meta`` this plugin owns."""
 
 J = TypeVar("J", bound=Job)
+T = TypeVar("T")
 
 #: Errors that mean the database is away for now: logged, and tried again next round.
 _TRANSIENT = TRANSIENT_ERRORS
+
+#: A statement generator run by ``app.execute`` (see docs/writing-plugins.md).
+Operation = Generator[tuple[bytes, dict[str, Any]], list[tuple[Any, ...]], T]
 
 # One statement, fenced: select the stale running rows (locking them, skipping rows a
 # worker is writing right now), then update only those still running under the same
@@ -127,10 +133,10 @@ WITH candidates AS MATERIALIZED (  -- run once: its LIMIT bounds the batch
       AND j.attempts = c.attempts
     RETURNING j.id, j.queue, j.state, c.reason, c.taken_by, c.rescues, j.func, j.attempts
 ), pushed AS (
-    SELECT count(pg_notify(%(channel)s, json_build_object('e', 'pushed', 'q', queue)::text))
+    SELECT count(pg_notify(%(channel)s, json_build_object('e', %(pushed)s::text, 'q', queue)::text))
     FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') AS queues
 ), finished AS (
-    SELECT count(pg_notify(%(channel)s, json_build_object('e', 'done', 'ids', ids)::text))
+    SELECT count(pg_notify(%(channel)s, json_build_object('e', %(done)s::text, 'ids', ids)::text))
     FROM (SELECT array_agg(id) AS ids FROM rescued WHERE state = 'failed'
           HAVING count(*) > 0) AS failed
 )
@@ -166,6 +172,30 @@ class Rescue:
     """The job's function."""
     attempt: int = 0
     """The attempt that was rescued."""
+
+
+def _rescue_op(statement: bytes, params: dict[str, Any]) -> Operation[list[Rescue]]:
+    """One batch of :data:`RESCUE`: the jobs it put back or failed."""
+    rows = yield statement, params
+    return [
+        Rescue(
+            job_id=str(job_id),
+            state=state,
+            reason=reason,
+            worker_id=worker_id,
+            rescues=rescues,
+            func=func,
+            attempt=attempt,
+        )
+        for job_id, state, reason, worker_id, rescues, func, attempt in rows
+        if job_id is not None  # the row that only carries the notifications
+    ]
+
+
+def _forget_op(statement: bytes, params: dict[str, Any]) -> Operation[list[str]]:
+    """:data:`FORGET_WORKERS`: the ids of the workers' rows it deleted."""
+    rows = yield statement, params
+    return [str(worker_id) for (worker_id,) in rows]
 
 
 def _positive(value: object, what: str, *, allow_zero: bool = False) -> float:
@@ -246,18 +276,13 @@ class Recovery:
             "max_rescues": self.max_rescues,
             "batch_size": self.batch_size,
             "channel": app.schema.channel,
+            "pushed": PUSHED,  # the notification protocol's event kinds
+            "done": DONE,
         }
         statement = app.schema.render(RESCUE)
         done: list[Rescue] = []
         while True:
-            async with app.connection() as conn:
-                cur = await conn.execute(statement, params)
-                rows = await cur.fetchall()
-            batch = [
-                Rescue(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6])
-                for r in rows
-                if r[0] is not None
-            ]
+            batch = await app.execute(_rescue_op(statement, params))
             for rescue in batch:
                 log.warning(
                     "job %s (%s) attempt %d was rescued from worker %s (%s): %s",
@@ -286,11 +311,8 @@ class Recovery:
         """Delete the rows of workers silent for ``forget_workers_after`` that run nothing."""
         if self.forget_workers_after is None:
             return []
-        async with app.connection() as conn:
-            cur = await conn.execute(
-                app.schema.render(FORGET_WORKERS), {"after": self.forget_workers_after}
-            )
-            return [str(row[0]) for row in await cur.fetchall()]
+        op = _forget_op(app.schema.render(FORGET_WORKERS), {"after": self.forget_workers_after})
+        return await app.execute(op)
 
     async def run(self, worker: Worker) -> None:
         """The leader-only task: a round every ``interval`` seconds, until cancelled."""
@@ -306,4 +328,5 @@ class Recovery:
 
     @hookimpl
     def chancy_worker_tasks(self, register: RegisterTask) -> None:
+        """The leader-only rescue task."""
         register("recovery", self.run, leader_only=True)

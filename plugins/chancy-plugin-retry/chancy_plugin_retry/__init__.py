@@ -223,4 +223,5 @@ class Retry:
 
     @hookimpl
     def chancy_retry_decision(self, job: QueuedJob, error: BaseException) -> datetime | bool | None:
+        """See :meth:`decide`."""
         return self.decide(job, error)

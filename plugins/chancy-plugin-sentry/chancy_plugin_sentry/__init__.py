@@ -99,6 +99,8 @@ class Sentry:
 
     @hookimpl
     def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
+        """Report a job that failed for good (every failed attempt with ``every_failure``) to
+        Sentry, unless its error is ignored."""
         state, failure = outcome.state.value, outcome.error
         if failure is None or not (state == "failed" or self.every_failure):
             return

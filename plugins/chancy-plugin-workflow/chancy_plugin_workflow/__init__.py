@@ -68,8 +68,8 @@ from chancy_core.errors import (
     InvalidJobError,
     SchemaMissingError,
 )
+from chancy_core.events import ListenerStalled, parse_ping, ping_payload
 from chancy_core.migrations import MigrationSet, load_migrations
-from chancy_core.worker.listener import ListenerStalled, parse_ping, ping_payload
 from chancy_plugin_workflow import queries as q
 
 if TYPE_CHECKING:
@@ -583,7 +583,7 @@ class _Waiting:
     proof of life.
 
     Like the worker's listener (``chancy_core.worker.listener``), the waiter sends a ping
-    (:func:`~chancy_core.worker.listener.ping_payload`, a NOTIFY on the workflows'
+    (:func:`~chancy_core.events.ping_payload`, a NOTIFY on the workflows'
     channel through the app's pool) every ``ping_interval`` seconds and expects it back
     on its own connection within ``2 * ping_interval + call_timeout`` seconds; when it
     does not come (a half-open connection, or one whose LISTEN was lost), the waiter
@@ -998,7 +998,8 @@ def _cancel_op(app: Chancy, workflow_id: object) -> Operation:
     rows = yield app.schema.render(q.LOCK_ONE), {"id": wid}
     if not rows:
         raise WorkflowNotFoundError(f"workflow {wid} does not exist")
-    if rows[0][0] != WorkflowState.RUNNING:
+    ((state,),) = rows
+    if state != WorkflowState.RUNNING:
         return None
     ((count, job_ids),) = yield app.schema.render(q.CANCEL_STEPS), {"id": wid}
     yield (
@@ -1263,19 +1264,23 @@ class Workflows:
 
     @hookimpl
     def chancy_migrations(self, app: Chancy) -> MigrationSet:
+        """The workflow tables."""
         return load_migrations("workflow", "chancy_plugin_workflow.migrations")
 
     @hookimpl
     def chancy_register_commands(self, subparsers: Any) -> None:
+        """``chancy workflow ...``."""
         _register_commands(subparsers)
 
     @hookimpl
     def chancy_worker_tasks(self, worker: Worker, register: RegisterTask) -> None:
+        """The advancer (every worker) and the leader-only sweeper."""
         register("workflow.advancer", self._advancer)
         register("workflow.sweeper", self._sweeper, leader_only=True)
 
     @hookimpl
     async def chancy_job_completed(self, worker: Worker, job: QueuedJob, outcome: Outcome) -> None:
+        """Advance the job's workflow once its outcome is final."""
         if outcome.state is QueuedJob.State.RETRYING or not isinstance(
             job.meta.get(META_KEY), dict
         ):

@@ -1,0 +1,1 @@
+"""Django's management package for the plugin's commands."""

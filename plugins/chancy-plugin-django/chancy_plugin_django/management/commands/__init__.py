@@ -1,0 +1,1 @@
+"""``manage.py chancy_migrate`` and ``manage.py chancy_worker``."""

@@ -7,6 +7,7 @@ database for the module, since each case only has to prove that nothing was writ
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -29,7 +30,7 @@ from chancy_core.errors import (
     JobNotFoundError,
 )
 from chancy_core.job import to_json
-from chancy_core.testing import dsn_for_database
+from chancy_core.testing import TEST_ADMIN_DSN_ENV, dsn_for_database
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -310,7 +311,9 @@ def test_unreachable_server_raises_database_unavailable_from_sync_api_too():
 @pytest.mark.db
 def test_a_missing_database_says_to_create_it_from_the_python_api_too(postgres_dsn: str) -> None:
     """The advice fits libpq's reason (new-user trial L4): not "is PostgreSQL running?"."""
-    missing = dsn_for_database(postgres_dsn, f"chancy_missing_{uuid.uuid4().hex[:8]}")
+    # The reason comes from the server itself (through PgBouncer the pooler answers).
+    server = os.environ.get(TEST_ADMIN_DSN_ENV) or postgres_dsn
+    missing = dsn_for_database(server, f"chancy_missing_{uuid.uuid4().hex[:8]}")
     with pytest.raises(DatabaseUnavailableError, match="Create the database") as err:
         Chancy(missing, connect_timeout=5).sync_push(Job(func="m.f"))
     assert "\n" not in str(err.value) and "Check that PostgreSQL is running" not in str(err.value)

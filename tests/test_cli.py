@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -93,9 +94,11 @@ def test_an_unreachable_database_is_reported_with_the_password_masked(capsys):
 
 
 def test_a_missing_database_says_create_it_in_one_line(postgres_dsn, capsys):
-    from chancy_core.testing import dsn_for_database
+    from chancy_core.testing import TEST_ADMIN_DSN_ENV, dsn_for_database
 
-    dsn = dsn_for_database(postgres_dsn, "chancy_nu_no_such_database")
+    # The reason comes from the server itself (through PgBouncer the pooler answers).
+    server = os.environ.get(TEST_ADMIN_DSN_ENV) or postgres_dsn
+    dsn = dsn_for_database(server, "chancy_nu_no_such_database")
     status, _, err = run(capsys, "--dsn", dsn, "-q", "job", "list")
     assert status == 1 and err.count("\n") == 1, err
     assert 'database "chancy_nu_no_such_database" does not exist. Create the database' in err
@@ -103,9 +106,11 @@ def test_a_missing_database_says_create_it_in_one_line(postgres_dsn, capsys):
 
 
 def test_check_reports_a_missing_database_as_a_failed_check(postgres_dsn, capsys):
-    from chancy_core.testing import dsn_for_database
+    from chancy_core.testing import TEST_ADMIN_DSN_ENV, dsn_for_database
 
-    dsn = dsn_for_database(postgres_dsn, "chancy_nu_no_such_database")
+    # The reason comes from the server itself (through PgBouncer the pooler answers).
+    server = os.environ.get(TEST_ADMIN_DSN_ENV) or postgres_dsn
+    dsn = dsn_for_database(server, "chancy_nu_no_such_database")
     status, out, _ = run(capsys, "--dsn", dsn, "-q", "check", "--json")
     found = json.loads(out)  # JSON for a monitoring script, even when it cannot connect
     assert (status, found["ok"], found["checks"][0]["check"]) == (1, False, "connect")

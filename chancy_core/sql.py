@@ -623,22 +623,33 @@ CLAIM_KEYED_JOBS: LiteralString = (
 # How many distinct keys the queue's runnable jobs have, counted up to %(most)s (a bounded
 # skip-scan of the 0006 index): the keyed claim looks per key only when there are few, and
 # else first walks further.
-COUNT_KEYED_KEYS: LiteralString = """
-WITH RECURSIVE keys (k, n) AS (
-    (SELECT j.meta ->> 'concurrency_key', 1 FROM {jobs} AS j
+# The skip-scan's steps over a queue's distinct keys with runnable jobs (one probe of the
+# 0006 index each): its first key, and the key after the recursive CTE "keys"' current one.
+_FIRST_KEY: LiteralString = """(SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
      WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
        AND j.state IN ('pending', 'retrying')
-     ORDER BY 1 LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
+     ORDER BY 1 LIMIT 1)"""
+_NEXT_KEY: LiteralString = """(SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
             WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
               AND j.state IN ('pending', 'retrying')
               AND j.meta ->> 'concurrency_key' > keys.k
-            ORDER BY 1 LIMIT 1), keys.n + 1
+            ORDER BY 1 LIMIT 1)"""
+
+COUNT_KEYED_KEYS: LiteralString = (
+    """
+WITH RECURSIVE keys (k, n) AS (
+    SELECT """
+    + _FIRST_KEY
+    + """, 1
+    UNION ALL
+    SELECT """
+    + _NEXT_KEY
+    + """, keys.n + 1
     FROM keys WHERE keys.k IS NOT NULL AND keys.n < %(most)s
 )
 SELECT count(k) FROM keys
 """
+)
 
 # The keyed claim's second statement, when the walk's jobs mostly belong to keys that
 # cannot start more now (a few keys with many jobs each, full keys, an ordered key waiting
@@ -651,16 +662,13 @@ CLAIM_KEYED_PER_KEY: LiteralString = (
     "WITH RECURSIVE "
     + _KEYED_BASE
     + """, keys (k) AS (
-    (SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
-     WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
-       AND j.state IN ('pending', 'retrying')
-     ORDER BY 1 LIMIT 1)
+    SELECT """
+    + _FIRST_KEY
+    + """
     UNION ALL
-    SELECT (SELECT j.meta ->> 'concurrency_key' FROM {jobs} AS j
-            WHERE j.queue = %(queue)s AND j.meta ? 'concurrency_key'
-              AND j.state IN ('pending', 'retrying')
-              AND j.meta ->> 'concurrency_key' > keys.k
-            ORDER BY 1 LIMIT 1)
+    SELECT """
+    + _NEXT_KEY
+    + """
     FROM keys WHERE keys.k IS NOT NULL
 ), heads AS MATERIALIZED (
     -- Each limited key's candidates: an ordered key's first unfinished job (if it can run
